@@ -1,0 +1,328 @@
+"""The store interface: what the queue, the tracker and the recovery manager need of a database.
+
+It is drawn by what it does, not by how: each implementation (SQLite, later PostgreSQL) keeps its
+SQL to itself, and the conformance suite in ``tests/conformance`` runs the same tests on each.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from lifeline.domain import (
+    JSON,
+    Job,
+    JobInfo,
+    JobState,
+    NextJob,
+    Output,
+    RecordingStatus,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One queue at a glance."""
+
+    queue: str
+    counts: dict[JobState, int]
+    oldest_pending_age: float | None
+    paused: bool
+    pause_reason: str | None
+    completed_last_minute: int
+    completed_last_5_minutes: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class StageReport:
+    """One stage of one recording: its jobs (newest last)."""
+
+    stage: str
+    jobs: list[JobInfo]
+
+    @property
+    def state(self) -> JobState | None:
+        return self.jobs[-1].job.state if self.jobs else None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingReport:
+    """Every stage of one recording and the overall status derived from them."""
+
+    audio_uuid: str
+    user_id: str | None
+    client_id: str | None
+    created_at: float | None
+    status: RecordingStatus
+    stages: dict[str, StageReport]
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What one recovery pass found and did."""
+
+    found: int = 0
+    requeued: list[int] = field(default_factory=list)
+    escalated: list[int] = field(default_factory=list)
+
+    @property
+    def recovered(self) -> int:
+        return len(self.requeued) + len(self.escalated)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryStats:
+    """The recovery manager's counters since the database was created (shared by all processes)."""
+
+    runs: int
+    attempted: int
+    successful: int
+    requeued: int
+    escalated: int
+    last_run_at: float | None
+    last_recovered: int
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupReport:
+    jobs_deleted: int
+    attempts_deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutput:
+    recording_id: str
+    stage: str
+    index: int
+    data: JSON
+    job_id: int | None
+    revision: int
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    worker_id: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None
+
+
+class Store(abc.ABC):
+    """Durable jobs, attempts, recordings and outputs behind one async interface.
+
+    Every method that changes state commits before it returns: when ``enqueue`` returns, the job
+    is durable at the store's chosen durability level.
+    """
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish what was submitted and release the connections."""
+
+    # -- producing ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(
+        self,
+        queue: str,
+        payload: JSON,
+        *,
+        priority: int = 0,
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        recording_id: str | None = None,
+        user_id: str | None = None,
+        client_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Add a job; with an ``idempotency_key`` already used, return the first job's id."""
+
+    @abc.abstractmethod
+    async def enqueue_many(
+        self,
+        queue: str,
+        payloads: Sequence[JSON],
+        *,
+        priority: int = 0,
+        delay: float = 0.0,
+        max_attempts: int | None = None,
+        recording_id: str | None = None,
+        user_id: str | None = None,
+        client_id: str | None = None,
+    ) -> list[int]:
+        """Add many jobs in one transaction."""
+
+    # -- consuming ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(self, queue: str, *, worker_id: str, lease: float | None = None) -> Job | None:
+        """Take the most urgent claimable job, or ``None`` when there is none (or the queue is paused)."""
+
+    @abc.abstractmethod
+    async def claim_many(
+        self, queue: str, *, worker_id: str, limit: int, lease: float | None = None
+    ) -> list[Job]:
+        """Take up to ``limit`` jobs in one atomic statement."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, job: Job, *, lease: float | None = None) -> None:
+        """Extend the lease; :class:`LeaseLost` if the job is no longer ours."""
+
+    @abc.abstractmethod
+    async def heartbeat_many(self, jobs: Iterable[Job], *, lease: float | None = None) -> list[int]:
+        """Extend several leases at once; returns the ids whose lease was lost."""
+
+    @abc.abstractmethod
+    async def complete(
+        self,
+        job: Job,
+        *,
+        then: Sequence[tuple[str, JSON] | NextJob] = (),
+        outputs: Sequence[Output] = (),
+    ) -> list[int]:
+        """Complete, write the outputs and enqueue the next jobs in one transaction.
+
+        Returns the ids of the next jobs. :class:`LeaseLost` (and nothing written) if the job is
+        no longer held by the caller.
+        """
+
+    @abc.abstractmethod
+    async def fail(self, job: Job, reason: str, *, permanent: bool = False) -> JobState:
+        """End the attempt as failed: retry with backoff, or dead-letter. Returns the new state."""
+
+    @abc.abstractmethod
+    async def defer(self, job: Job, *, seconds: float, reason: str | None = None) -> None:
+        """Put the job back without spending an attempt (its dependency is unavailable)."""
+
+    @abc.abstractmethod
+    async def release(self, job: Job) -> None:
+        """Hand an unfinished job back at shutdown, attempt refunded, claimable at once."""
+
+    # -- operating ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def cancel(self, job_id: int) -> None: ...
+
+    @abc.abstractmethod
+    async def requeue(self, job_id: int, *, max_attempts: int | None = None) -> None:
+        """Back to pending from dead_letter, failed, retry or cancelled, attempts reset."""
+
+    @abc.abstractmethod
+    async def requeue_dead_letters(self, queue: str) -> int: ...
+
+    @abc.abstractmethod
+    async def purge_dead_letters(self, queue: str, *, older_than: float = 0.0) -> int: ...
+
+    @abc.abstractmethod
+    async def pause(self, queue: str, reason: str | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def resume(self, queue: str) -> None: ...
+
+    @abc.abstractmethod
+    async def paused_queues(self) -> dict[str, str | None]: ...
+
+    # -- reading --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_job(self, job_id: int) -> JobInfo:
+        """The job and its attempts; :class:`NotFound` if there is no such job."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        recording_id: str | None = None,
+        user_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def queue_stats(self, *, user_id: str | None = None) -> dict[str, QueueStats]:
+        """Per queue: counts by state, oldest pending age, throughput, pause flag."""
+
+    @abc.abstractmethod
+    async def get_outputs(self, recording_id: str, stage: str | None = None) -> list[StoredOutput]: ...
+
+    # -- tracker --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_recording(
+        self,
+        audio_uuid: str,
+        *,
+        user_id: str | None = None,
+        client_id: str | None = None,
+        first_job: NextJob | None = None,
+    ) -> int | None:
+        """Record a recording (and, in the same transaction, its first job, whose id is returned)."""
+
+    @abc.abstractmethod
+    async def recording_status(self, audio_uuid: str) -> RecordingReport:
+        """Every stage's jobs and the derived status; :class:`NotFound` for an unknown recording."""
+
+    @abc.abstractmethod
+    async def client_stats(self, client_id: str) -> dict[JobState, int]: ...
+
+    @abc.abstractmethod
+    async def user_stats(self, user_id: str) -> dict[JobState, int]: ...
+
+    # -- recovery and retention -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def recover_expired(
+        self, *, queue: str | None = None, job_id: int | None = None, force: bool = False
+    ) -> RecoveryReport:
+        """One recovery pass over expired leases (and leases of workers known to be dead).
+
+        With ``job_id`` and ``force`` the job is recovered even if its lease has not expired.
+        """
+
+    @abc.abstractmethod
+    async def recovery_stats(self) -> RecoveryStats: ...
+
+    @abc.abstractmethod
+    async def cleanup(self, *, completed_older_than: float, batch_size: int = 1000) -> CleanupReport:
+        """Delete completed and cancelled jobs (and their attempts) older than the age, in batches."""
+
+    # -- workers --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def register_worker(self, worker_id: str, queues: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def worker_heartbeat(self, worker_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[WorkerRecord]: ...
+
+    @abc.abstractmethod
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a job may have arrived on one of the queues, or after ``timeout``."""
