@@ -21,6 +21,7 @@ from lifeline.domain import (
     Output,
     RecordingStatus,
 )
+from lifeline.queue.policy import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,10 @@ class Store(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    @abc.abstractmethod
+    def policy(self, queue: str) -> RetryPolicy:
+        """The retry policy (attempts, backoff, lease) of ``queue``."""
 
     @abc.abstractmethod
     async def open(self) -> None:

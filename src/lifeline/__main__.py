@@ -1,0 +1,5 @@
+"""``python -m lifeline`` is the ``lifeline`` command."""
+
+from lifeline.cli import main
+
+main()
