@@ -100,7 +100,9 @@ def worker(
     queues: Annotated[str | None, typer.Option(help="comma-separated queues (default: all handled)")] = None,
     concurrency: Annotated[int | None, typer.Option(help="jobs in flight at once")] = None,
     burst: Annotated[bool, typer.Option(help="drain the queues, then exit")] = False,
-    no_recovery: Annotated[bool, typer.Option("--no-recovery", help="do not run the recovery manager")] = False,
+    no_recovery: Annotated[
+        bool, typer.Option("--no-recovery", help="do not run the recovery manager")
+    ] = False,
 ) -> None:
     """Run a worker process (more of them scale out on one host)."""
     _configure_logging()
@@ -321,7 +323,9 @@ def dlq_purge(
 @app.command()
 def recover(
     queue: Annotated[str | None, typer.Argument()] = None,
-    job: Annotated[int | None, typer.Option(help="recover this job even if its lease has not expired")] = None,
+    job: Annotated[
+        int | None, typer.Option(help="recover this job even if its lease has not expired")
+    ] = None,
 ) -> None:
     """Run one recovery pass now."""
     settings = _settings()

@@ -34,7 +34,8 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting(
         "LIFELINE_SQLITE_SYNCHRONOUS",
         "full",
-        "full: survives power loss; normal: survives a killed process, may lose the last commits on power loss",
+        "full: survives power loss; normal: survives a killed process,"
+        " may lose the last commits on power loss",
     ),
     Setting("LIFELINE_WORKER_CONCURRENCY", "4", "jobs a worker process runs at once"),
     Setting("LIFELINE_POLL_INTERVAL", "1.0", "seconds an idle worker waits before looking again"),

@@ -108,7 +108,5 @@ def test_two_worker_processes_never_hold_the_same_job(tmp_path: Path) -> None:
         per_job = conn.execute("SELECT MAX(c), MIN(c) FROM (SELECT COUNT(*) c FROM attempts GROUP BY job_id)")
         assert per_job.fetchone() == (1, 1)
         assert conn.execute("SELECT COUNT(*), MAX(revision) FROM outputs").fetchone() == (jobs, 1)
-        pids = conn.execute(
-            "SELECT COUNT(DISTINCT json_extract(data, '$.pid')) FROM outputs"
-        ).fetchone()[0]
+        pids = conn.execute("SELECT COUNT(DISTINCT json_extract(data, '$.pid')) FROM outputs").fetchone()[0]
     assert pids == 2, "both processes must have done part of the work for the test to mean anything"

@@ -70,7 +70,7 @@ _STATUS_PRECEDENCE: tuple[tuple[frozenset[JobState], RecordingStatus], ...] = (
 
 
 def recording_status(states: Iterable[JobState]) -> RecordingStatus:
-    """A recording's status from the current state of each of its stages' latest jobs.
+    """A recording's status from the current state of each of its jobs (every stage, every job).
 
     A dead letter anywhere wins (someone must look), then work in progress, then waiting work;
     a recording is completed only when every live job is; only cancelled jobs mean cancelled.

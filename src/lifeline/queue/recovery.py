@@ -58,7 +58,9 @@ class RecoveryManager:
         )
         self.last_cleanup = report
         if report.jobs_deleted:
-            log.info("retention: deleted %d jobs and %d attempts", report.jobs_deleted, report.attempts_deleted)
+            log.info(
+                "retention: deleted %d jobs and %d attempts", report.jobs_deleted, report.attempts_deleted
+            )
         return report
 
     def stop(self) -> None:

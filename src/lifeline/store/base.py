@@ -329,5 +329,5 @@ class Store(abc.ABC):
     async def list_workers(self) -> list[WorkerRecord]: ...
 
     @abc.abstractmethod
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
         """Return when a job may have arrived on one of the queues, or after ``timeout``."""

@@ -35,7 +35,7 @@ from lifeline.domain import (
 )
 from lifeline.queue import logic
 from lifeline.queue.policy import DEFAULT_POLICIES, RetryPolicy
-from lifeline.queue.transitions import Action, sources
+from lifeline.queue.transitions import Action, next_state, sources
 from lifeline.store import migrations
 from lifeline.store.base import (
     CleanupReport,
@@ -85,9 +85,7 @@ ON CONFLICT (recording_id, stage, idx) DO UPDATE
        revision = outputs.revision + 1, updated_at = excluded.updated_at
 """
 
-_CLOSE_ATTEMPT = (
-    "UPDATE attempts SET finished_at = ?, outcome = ?, error = ? WHERE job_id = ? AND claim = ?"
-)
+_CLOSE_ATTEMPT = "UPDATE attempts SET finished_at = ?, outcome = ?, error = ? WHERE job_id = ? AND claim = ?"
 
 
 def _in(states: Iterable[JobState]) -> str:
@@ -98,28 +96,34 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _float(value: Any) -> float | None:
+    # ``UPDATE ... RETURNING`` hands back REAL values that SQLite stored as integers (1000.0 is
+    # kept as 1000) without the column's REAL affinity, so a claimed job would carry ints.
+    return None if value is None else float(value)
+
+
 def row_to_job(row: Sequence[Any]) -> Job:
     return Job(
         id=row[0],
         queue=row[1],
         state=JobState(row[2]),
         priority=row[3],
-        run_at=row[4],
+        run_at=float(row[4]),
         payload=json.loads(row[5]),
         attempts=row[6],
         max_attempts=row[7],
         lost_count=row[8],
         claims=row[9],
         lease_owner=row[10],
-        lease_expires_at=row[11],
+        lease_expires_at=_float(row[11]),
         recording_id=row[12],
         user_id=row[13],
         client_id=row[14],
         idempotency_key=row[15],
         last_error=row[16],
-        created_at=row[17],
-        updated_at=row[18],
-        finished_at=row[19],
+        created_at=float(row[17]),
+        updated_at=float(row[18]),
+        finished_at=_float(row[19]),
     )
 
 
@@ -219,7 +223,7 @@ class SQLiteStore(Store):
             self._wakeup.set()
             self._wakeup = asyncio.Event()
 
-    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:
+    async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
         event = self._wakeup
         if event is None:
             raise StoreError("the store is not open")
@@ -370,11 +374,18 @@ class SQLiteStore(Store):
             if paused is not None and paused[0]:
                 return []
             now = clock()
-            params = {"owner": owner, "expires": now + lease_seconds, "now": now, "queue": queue, "limit": limit}
+            params = {
+                "owner": owner,
+                "expires": now + lease_seconds,
+                "now": now,
+                "queue": queue,
+                "limit": limit,
+            }
             jobs = [row_to_job(row) for row in conn.execute(_CLAIM, params).fetchall()]
             if jobs:
                 conn.executemany(
-                    "INSERT INTO attempts (job_id, claim, worker_id, started_at, outcome) VALUES (?, ?, ?, ?, 'running')",
+                    "INSERT INTO attempts (job_id, claim, worker_id, started_at, outcome)"
+                    " VALUES (?, ?, ?, ?, 'running')",
                     [(job.id, job.claims, worker_id, now) for job in jobs],
                 )
             jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
@@ -400,7 +411,8 @@ class SQLiteStore(Store):
             lost: list[int] = []
             for job, seconds in zip(held, leases, strict=True):
                 cur = conn.execute(
-                    "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND state = 'processing'",
+                    "UPDATE jobs SET lease_expires_at = ?"
+                    " WHERE id = ? AND lease_owner = ? AND state = 'processing'",
                     (now + seconds, job.id, job.lease_owner),
                 )
                 if cur.rowcount != 1:
@@ -417,12 +429,11 @@ class SQLiteStore(Store):
         then: Sequence[tuple[str, JSON] | NextJob] = (),
         outputs: Sequence[Output] = (),
     ) -> list[int]:
+        next_state(job.state, Action.COMPLETE)  # a snapshot that is not processing was never ours
         now = self._clock()
         next_rows = [self._next_job_values(item, job, now) for item in then]
         next_keys = [row[8] for row in next_rows]
-        output_rows = [
-            (o.recording_id, o.stage, o.index, _dumps(o.data), job.id, now) for o in outputs
-        ]
+        output_rows = [(o.recording_id, o.stage, o.index, _dumps(o.data), job.id, now) for o in outputs]
 
         def op(conn: sqlite3.Connection) -> list[int]:
             _cas(
@@ -464,14 +475,14 @@ class SQLiteStore(Store):
         return state
 
     async def defer(self, job: Job, *, seconds: float, reason: str | None = None) -> None:
+        next_state(job.state, Action.DEFER)
         await self._give_back(job, seconds, reason, AttemptOutcome.DEFERRED)
 
     async def release(self, job: Job) -> None:
+        next_state(job.state, Action.RELEASE)
         await self._give_back(job, 0.0, "released at shutdown", AttemptOutcome.RELEASED)
 
-    async def _give_back(
-        self, job: Job, seconds: float, reason: str | None, outcome: AttemptOutcome
-    ) -> None:
+    async def _give_back(self, job: Job, seconds: float, reason: str | None, outcome: AttemptOutcome) -> None:
         now = self._clock()
 
         def op(conn: sqlite3.Connection) -> None:
@@ -495,13 +506,16 @@ class SQLiteStore(Store):
             row = conn.execute(
                 f"UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,"
                 f" updated_at = ?, finished_at = ? WHERE id = ? AND state IN ({allowed})"
-                f" RETURNING claims, (SELECT outcome FROM attempts WHERE job_id = jobs.id AND claim = jobs.claims)",
+                f" RETURNING claims,"
+                f" (SELECT outcome FROM attempts WHERE job_id = jobs.id AND claim = jobs.claims)",
                 (now, now, job_id),
             ).fetchone()
             if row is None:
                 _explain_refusal(conn, job_id, Action.CANCEL)
             elif row[1] == AttemptOutcome.RUNNING.value:
-                conn.execute(_CLOSE_ATTEMPT, (now, AttemptOutcome.CANCELLED.value, "cancelled", job_id, row[0]))
+                conn.execute(
+                    _CLOSE_ATTEMPT, (now, AttemptOutcome.CANCELLED.value, "cancelled", job_id, row[0])
+                )
 
         await self._write(op)
 
@@ -575,7 +589,8 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO queue_flags (queue, paused, reason, changed_at) VALUES (?, 0, NULL, ?)"
-                " ON CONFLICT (queue) DO UPDATE SET paused = 0, reason = NULL, changed_at = excluded.changed_at",
+                " ON CONFLICT (queue) DO UPDATE SET paused = 0, reason = NULL,"
+                " changed_at = excluded.changed_at",
                 (queue, now),
             )
 
@@ -655,8 +670,7 @@ class SQLiteStore(Store):
             ):
                 counts.setdefault(queue, {})[JobState(state)] = n
             flags = {
-                q: (bool(p), r)
-                for q, p, r in conn.execute("SELECT queue, paused, reason FROM queue_flags")
+                q: (bool(p), r) for q, p, r in conn.execute("SELECT queue, paused, reason FROM queue_flags")
             }
             for q in flags:
                 counts.setdefault(q, {})
@@ -773,7 +787,9 @@ class SQLiteStore(Store):
                 )
             states = [job.state for job in jobs]
             errors = [job.last_error for job in jobs if job.last_error]
-            user_id, client_id, created = rec if rec is not None else (jobs[0].user_id, jobs[0].client_id, None)
+            user_id, client_id, created = (
+                rec if rec is not None else (jobs[0].user_id, jobs[0].client_id, None)
+            )
             return RecordingReport(
                 audio_uuid=audio_uuid,
                 user_id=user_id,
@@ -816,7 +832,8 @@ class SQLiteStore(Store):
             now = clock()
             dead = _dead_workers(conn, hostname)
             candidates: dict[int, Job] = {}
-            filters, params = ["j.state = 'processing'"], []
+            filters: list[str] = ["j.state = 'processing'"]
+            params: list[Any] = []
             if queue is not None:
                 filters.append("j.queue = ?")
                 params.append(queue)
@@ -844,11 +861,21 @@ class SQLiteStore(Store):
                     " lost_count = lost_count + 1, lease_owner = NULL, lease_expires_at = NULL,"
                     " updated_at = ?, finished_at = ?"
                     " WHERE id = ? AND lease_owner = ? AND state = 'processing'",
-                    (decision.state.value, decision.run_at, decision.error, now, finished, job.id, job.lease_owner),
+                    (
+                        decision.state.value,
+                        decision.run_at,
+                        decision.error,
+                        now,
+                        finished,
+                        job.id,
+                        job.lease_owner,
+                    ),
                 )
                 if cur.rowcount != 1:
                     continue
-                conn.execute(_CLOSE_ATTEMPT, (now, decision.outcome.value, decision.error, job.id, job.claims))
+                conn.execute(
+                    _CLOSE_ATTEMPT, (now, decision.outcome.value, decision.error, job.id, job.claims)
+                )
                 (escalated if decision.state is JobState.DEAD_LETTER else requeued).append(job.id)
             report = RecoveryReport(found=len(candidates), requeued=requeued, escalated=escalated)
             conn.execute(
@@ -884,11 +911,15 @@ class SQLiteStore(Store):
                 ids = [
                     r[0]
                     for r in conn.execute(
+                        # a recording's status is derived from its jobs: they stay while it exists
                         "SELECT id FROM jobs WHERE state IN ('completed', 'cancelled') AND updated_at < ?"
-                        " LIMIT ?",
+                        " AND (recording_id IS NULL"
+                        "      OR NOT EXISTS (SELECT 1 FROM recordings WHERE audio_uuid = jobs.recording_id))"
+                        " ORDER BY id LIMIT ?",
                         (cutoff, batch_size),
                     )
                 ]
+                conn.execute("DELETE FROM workers WHERE stopped_at IS NOT NULL AND stopped_at < ?", (cutoff,))
                 return len(ids), _delete_jobs(conn, ids)
 
             n_jobs, n_attempts = await self._write(op)

@@ -36,9 +36,7 @@ _MAX_BATCH = 1024
 
 def open_connection(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     """A connection with the pragmas every Lifeline connection needs."""
-    conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=60.0
-    )
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=60.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA busy_timeout=60000")
@@ -120,6 +118,19 @@ class WriterThread:
             self._execute(ops)
 
     def _execute(self, ops: list[_Op]) -> None:
+        try:
+            self._execute_batch(ops)
+        except BaseException as exc:  # the thread must not die: every later caller would wait forever
+            log.exception("a write batch failed")
+            if self._conn.in_transaction:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback after a failed batch failed")
+            error = exc if isinstance(exc, StoreError) else StoreError(f"the write batch failed: {exc}")
+            self._deliver([(op, None, error) for op in ops])
+
+    def _execute_batch(self, ops: list[_Op]) -> None:
         batch = _Batch()
         conn = self._conn
         try:
@@ -134,7 +145,8 @@ class WriterThread:
                     batch.done.append((op, op.fn(conn), None))
                 except BaseException as exc:  # the caller gets it; the transaction is rolled back
                     batch.done.append((op, None, exc))
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite may have rolled it back already (disk full, I/O)
+                        conn.execute("ROLLBACK")
                     self._deliver(batch.done)
                     return
                 continue
@@ -142,6 +154,10 @@ class WriterThread:
             try:
                 result = op.fn(conn)
             except BaseException as exc:
+                if not conn.in_transaction:
+                    # SQLite rolled back the whole transaction, the work of the operations before
+                    # this one included: the whole batch fails (see _execute).
+                    raise StoreError(f"the transaction was aborted: {exc}") from exc
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 batch.done.append((op, None, exc))
@@ -171,7 +187,7 @@ class WriterThread:
     def _resolve(self, done: list[tuple[_Op, Any, BaseException | None]]) -> None:
         touched: set[str] = set()
         for op, result, error in done:
-            if op.future.cancelled():
+            if op.future.done():  # cancelled by its caller
                 continue
             if error is None:
                 op.future.set_result(result)

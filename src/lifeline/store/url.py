@@ -28,7 +28,9 @@ def parse_database_url(url: str) -> DatabaseURL:
         raise ConfigError(f"unsupported database URL scheme {parts.scheme!r} (expected sqlite:///path)")
     raw = parts.path
     if parts.netloc:
-        raise ConfigError("a sqlite URL has no host: use sqlite:///relative/path.db or sqlite:////abs/path.db")
+        raise ConfigError(
+            "a sqlite URL has no host: use sqlite:///relative/path.db or sqlite:////abs/path.db"
+        )
     if not raw or raw == "/":
         raise ConfigError("the sqlite URL names no file")
     # sqlite:///data/x.db -> path "/data/x.db" -> relative "data/x.db"; sqlite:////abs -> "//abs" -> "/abs"
