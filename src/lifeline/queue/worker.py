@@ -44,6 +44,10 @@ class JobResult:
 
 Handler = Callable[[Job], Awaitable[JobResult | None]]
 
+# Asked before each claim: a reason why ``queue`` must not be claimed now (a service its stage
+# needs is down), or ``None``. Jobs of a gated queue wait without spending attempts.
+Gate = Callable[[str], Awaitable[str | None]]
+
 
 @dataclass(slots=True)
 class WorkerStats:
@@ -84,6 +88,7 @@ class Worker:
         heartbeat_interval: float | None = None,
         poll_interval: float = 1.0,
         shutdown_timeout: float = 30.0,
+        gate: Gate | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -101,6 +106,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.poll_interval = poll_interval
         self.shutdown_timeout = shutdown_timeout
+        self.gate = gate
         self.stats = WorkerStats()
         self._inflight: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
@@ -146,6 +152,8 @@ class Worker:
             if free - total <= 0:
                 break
             queue = self.queues[(self._next_queue + offset) % len(self.queues)]
+            if self.gate is not None and await self.gate(queue) is not None:
+                continue
             jobs = await self.store.claim_many(
                 queue, worker_id=self.worker_id, limit=free - total, lease=self.lease
             )
