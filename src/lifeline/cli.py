@@ -16,8 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lifeline.accounts import Accounts
+from lifeline.auth import TokenIssuer, load_or_create_secret
 from lifeline.config import SETTINGS_HELP, Settings
-from lifeline.domain import JobState, LifelineError
+from lifeline.domain import JobState, LifelineError, User
 from lifeline.queue.recovery import RecoveryManager
 from lifeline.runtime import load_handlers, open_store, recovery_settings, run_workers
 from lifeline.store.base import Store
@@ -29,6 +31,8 @@ dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter queue.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Single jobs.")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(jobs_app, name="jobs")
+users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
+app.add_typer(users_app, name="users")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -81,17 +85,36 @@ def _when(ts: float | None) -> str:
 
 @app.command(epilog=_SETTINGS_EPILOG)
 def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on [LIFELINE_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on [LIFELINE_PORT]")] = None,
+    no_workers: Annotated[bool, typer.Option("--no-workers", help="API only; run workers elsewhere")] = False,
     app_spec: Annotated[
-        str | None, typer.Option("--app", help="handlers as package.module:attribute")
+        str | None, typer.Option("--app", help="extra handlers as package.module:attribute")
     ] = None,
-    concurrency: Annotated[int | None, typer.Option(help="jobs in flight at once")] = None,
 ) -> None:
-    """Run the workers and the recovery manager on this host until SIGTERM/SIGINT."""
+    """Run the HTTP service with in-process workers and the recovery manager."""
+    import uvicorn
+
+    from lifeline.api import create_app
+
     _configure_logging()
     settings = _settings()
+    if no_workers:
+        settings = settings.replace(workers_in_api=False)
     handlers = load_handlers(app_spec) if app_spec else {}
-    console.print(f"lifeline: store {settings.database_url} (synchronous={settings.sqlite_synchronous})")
-    asyncio.run(run_workers(settings, handlers, concurrency=concurrency))
+    application = create_app(settings, handlers=handlers)
+    err_console.print(
+        f"lifeline: http://{host or settings.host}:{port or settings.port}"
+        f"  store {settings.database_url} (synchronous={settings.sqlite_synchronous})"
+    )
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        access_log=False,  # our request log leaves out query strings (tokens)
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5,
+    )
 
 
 @app.command(epilog=_SETTINGS_EPILOG)
@@ -365,6 +388,56 @@ def cleanup(
     async def fn(store: Store) -> None:
         report = await store.cleanup(completed_older_than=age)
         console.print(f"deleted {report.jobs_deleted} jobs and {report.attempts_deleted} attempts")
+
+    _with_store(fn)
+
+
+# -- users ------------------------------------------------------------------------------------
+
+
+def _accounts(store: Store) -> Accounts:
+    settings = _settings()
+    secret = settings.auth_secret or load_or_create_secret(settings.data_dir / "auth-secret")
+    return Accounts(store, TokenIssuer(secret, settings.jwt_lifetime))
+
+
+@users_app.command("create")
+def users_create(
+    email: str,
+    superuser: Annotated[bool, typer.Option("--superuser", help="may manage queues and users")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin")
+    ] = False,
+) -> None:
+    """Create a user (the password is asked for, or read from stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+
+    async def fn(store: Store) -> User:
+        return await _accounts(store).create_user(email, password, superuser=superuser)
+
+    try:
+        user = _with_store(fn)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(f"user {user.email} created (id {user.id}{', superuser' if user.is_superuser else ''})")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Every account."""
+
+    async def fn(store: Store) -> None:
+        table = Table()
+        for col in ("id", "email", "superuser", "active"):
+            table.add_column(col)
+        for user in await store.list_users(limit=1000):
+            table.add_row(
+                user.id, user.email, "yes" if user.is_superuser else "", "yes" if user.is_active else "no"
+            )
+        console.print(table)
 
     _with_store(fn)
 

@@ -37,6 +37,17 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "full: survives power loss; normal: survives a killed process,"
         " may lose the last commits on power loss",
     ),
+    Setting("LIFELINE_DATA_DIR", "data", "the signing secret and the generated admin password live here"),
+    Setting("LIFELINE_HOST", "127.0.0.1", "address lifeline serve listens on"),
+    Setting("LIFELINE_PORT", "8000", "port lifeline serve listens on"),
+    Setting("LIFELINE_AUTH_SECRET", "(generated)", "JWT signing secret; generated once into the data dir"),
+    Setting("LIFELINE_JWT_LIFETIME", "3600", "seconds a login token is valid"),
+    Setting("LIFELINE_ADMIN_EMAIL", "admin@example.com", "the first superuser, created at first start"),
+    Setting(
+        "LIFELINE_ADMIN_PASSWORD",
+        "(generated)",
+        "its password; if unset one is generated, printed once and kept in the data dir (0600)",
+    ),
     Setting("LIFELINE_WORKER_CONCURRENCY", "4", "jobs a worker process runs at once"),
     Setting("LIFELINE_POLL_INTERVAL", "1.0", "seconds an idle worker waits before looking again"),
     Setting("LIFELINE_SHUTDOWN_TIMEOUT", "30", "seconds in-flight jobs get to finish on SIGTERM"),
@@ -60,6 +71,15 @@ class Settings:
     recovery_interval: float = 15.0
     retention_days: float = 7.0
     policies: dict[str, RetryPolicy] = field(default_factory=lambda: dict(DEFAULT_POLICIES))
+    # the HTTP service
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth_secret: str | None = None
+    jwt_lifetime: float = 3600.0
+    admin_email: str = "admin@example.com"
+    admin_password: str | None = None
+    workers_in_api: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], dotenv: Path | None = None) -> Settings:
@@ -100,6 +120,13 @@ class Settings:
             recovery_interval=_float(get("RECOVERY_INTERVAL", "15"), "RECOVERY_INTERVAL", minimum=0.1),
             retention_days=_float(get("RETENTION_DAYS", "7"), "RETENTION_DAYS"),
             policies=policies,
+            data_dir=Path(get("DATA_DIR", str(base.data_dir))),
+            host=get("HOST", base.host),
+            port=_int(get("PORT", str(base.port)), "PORT", minimum=1),
+            auth_secret=get("AUTH_SECRET", "") or None,
+            jwt_lifetime=_float(get("JWT_LIFETIME", "3600"), "JWT_LIFETIME", minimum=1),
+            admin_email=get("ADMIN_EMAIL", base.admin_email),
+            admin_password=get("ADMIN_PASSWORD", "") or None,
         )
 
     def replace(self, **changes: Any) -> Settings:

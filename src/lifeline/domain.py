@@ -199,3 +199,19 @@ class DependencyUnavailable(JobFailure):
     def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An account. The password hash never leaves the store layer in this type."""
+
+    id: str
+    email: str
+    display_name: str | None
+    is_active: bool
+    is_superuser: bool
+    created_at: float
+
+
+class Conflict(LifelineError):
+    """The change collides with existing data (an e-mail address already registered)."""

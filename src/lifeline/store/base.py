@@ -20,6 +20,7 @@ from lifeline.domain import (
     NextJob,
     Output,
     RecordingStatus,
+    User,
 )
 from lifeline.queue.policy import RetryPolicy
 
@@ -107,6 +108,25 @@ class StoredOutput:
     job_id: int | None
     revision: int
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFailures:
+    key: str
+    failures: int
+    first_at: float
+    last_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptMetric:
+    """Attempts of one queue that ended with one outcome and fell in one duration bucket."""
+
+    queue: str
+    outcome: str
+    bucket: int
+    count: int
+    duration_sum: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +313,8 @@ class Store(abc.ABC):
         """Every stage's jobs and the derived status; :class:`NotFound` for an unknown recording."""
 
     @abc.abstractmethod
-    async def client_stats(self, client_id: str) -> dict[JobState, int]: ...
+    async def client_stats(self, client_id: str, *, user_id: str | None = None) -> dict[JobState, int]:
+        """Counts by state of one device's jobs (only ``user_id``'s, when given)."""
 
     @abc.abstractmethod
     async def user_stats(self, user_id: str) -> dict[JobState, int]: ...
@@ -309,7 +330,8 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def recovery_stats(self) -> RecoveryStats: ...
+    async def recovery_stats(self, *, user_id: str | None = None) -> RecoveryStats:
+        """The recovery counters; with ``user_id``, that user's share counted from their jobs."""
 
     @abc.abstractmethod
     async def cleanup(self, *, completed_older_than: float, batch_size: int = 1000) -> CleanupReport:
@@ -331,3 +353,53 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
         """Return when a job may have arrived on one of the queues, or after ``timeout``."""
+
+    # -- users, tokens, logins and metrics --------------------------------------------------------
+    @abc.abstractmethod
+    async def create_user(
+        self,
+        email: str,
+        password_hash: str,
+        *,
+        display_name: str | None = None,
+        is_superuser: bool = False,
+        is_active: bool = True,
+    ) -> User:
+        """:class:`Conflict` if the e-mail address (case-insensitive) is taken."""
+
+    @abc.abstractmethod
+    async def get_user(self, user_id: str) -> User: ...
+
+    @abc.abstractmethod
+    async def get_user_credentials(self, email: str) -> tuple[User, str] | None: ...
+
+    @abc.abstractmethod
+    async def list_users(self, *, limit: int = 100, offset: int = 0) -> list[User]: ...
+
+    @abc.abstractmethod
+    async def count_superusers(self) -> int: ...
+
+    @abc.abstractmethod
+    async def delete_user(self, user_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_password(self, user_id: str, password_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    async def revoke_token(self, token_id: str, expires_at: float) -> None: ...
+
+    @abc.abstractmethod
+    async def is_token_revoked(self, token_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def login_failures(self, keys: Sequence[str]) -> list[LoginFailures]: ...
+
+    @abc.abstractmethod
+    async def record_login_failure(self, keys: Sequence[str], *, window: float) -> None: ...
+
+    @abc.abstractmethod
+    async def clear_login_failures(self, keys: Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def attempt_metrics(self) -> list[AttemptMetric]:
+        """Attempt counts and durations per queue, outcome and histogram bucket."""

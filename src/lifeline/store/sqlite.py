@@ -34,6 +34,7 @@ from lifeline.domain import (
     StoreError,
 )
 from lifeline.queue import logic
+from lifeline.queue.durations import bucket_for
 from lifeline.queue.policy import DEFAULT_POLICIES, RetryPolicy
 from lifeline.queue.transitions import Action, next_state, sources
 from lifeline.store import migrations
@@ -49,6 +50,7 @@ from lifeline.store.base import (
     WorkerRecord,
 )
 from lifeline.store.sqlite_engine import ReaderPool, Synchronous, WriterThread, open_connection
+from lifeline.store.sqlite_users import SQLiteUsersMixin
 
 Clock = Callable[[], float]
 
@@ -149,7 +151,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteUsersMixin, Store):
     """See :mod:`lifeline.store.base` for what each method promises."""
 
     def __init__(
@@ -443,7 +445,9 @@ class SQLiteStore(Store):
                 " updated_at = ?, finished_at = ?",
                 (now, now),
             )
-            conn.execute(_CLOSE_ATTEMPT, (now, AttemptOutcome.COMPLETED.value, None, job.id, job.claims))
+            _end_attempt(
+                conn, job.queue, job.id, job.claims, job.updated_at, now, AttemptOutcome.COMPLETED, None
+            )
             if output_rows:
                 conn.executemany(_UPSERT_OUTPUT, output_rows)
             return [_insert_job(conn, row, key) for row, key in zip(next_rows, next_keys, strict=True)]
@@ -468,7 +472,9 @@ class SQLiteStore(Store):
                 " updated_at = ?, finished_at = ?",
                 (decision.state.value, run_at, decision.error, now, finished),
             )
-            conn.execute(_CLOSE_ATTEMPT, (now, decision.outcome.value, decision.error, job.id, job.claims))
+            _end_attempt(
+                conn, job.queue, job.id, job.claims, job.updated_at, now, decision.outcome, decision.error
+            )
             return decision.state
 
         state: JobState = await self._write(op, (job.queue,))
@@ -493,7 +499,7 @@ class SQLiteStore(Store):
                 " lease_expires_at = NULL, updated_at = ?",
                 (now + max(0.0, seconds), now),
             )
-            conn.execute(_CLOSE_ATTEMPT, (now, outcome.value, reason, job.id, job.claims))
+            _end_attempt(conn, job.queue, job.id, job.claims, job.updated_at, now, outcome, reason)
 
         await self._write(op, (job.queue,))
 
@@ -507,15 +513,14 @@ class SQLiteStore(Store):
                 f"UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,"
                 f" updated_at = ?, finished_at = ? WHERE id = ? AND state IN ({allowed})"
                 f" RETURNING claims,"
-                f" (SELECT outcome FROM attempts WHERE job_id = jobs.id AND claim = jobs.claims)",
+                f" (SELECT outcome FROM attempts WHERE job_id = jobs.id AND claim = jobs.claims),"
+                f" queue, (SELECT started_at FROM attempts WHERE job_id = jobs.id AND claim = jobs.claims)",
                 (now, now, job_id),
             ).fetchone()
             if row is None:
                 _explain_refusal(conn, job_id, Action.CANCEL)
             elif row[1] == AttemptOutcome.RUNNING.value:
-                conn.execute(
-                    _CLOSE_ATTEMPT, (now, AttemptOutcome.CANCELLED.value, "cancelled", job_id, row[0])
-                )
+                _end_attempt(conn, row[2], job_id, row[0], row[3], now, AttemptOutcome.CANCELLED, "cancelled")
 
         await self._write(op)
 
@@ -803,17 +808,17 @@ class SQLiteStore(Store):
         report: RecordingReport = await self._read(fn)
         return report
 
-    async def client_stats(self, client_id: str) -> dict[JobState, int]:
-        return await self._counts("client_id", client_id)
+    async def client_stats(self, client_id: str, *, user_id: str | None = None) -> dict[JobState, int]:
+        if user_id is None:
+            return await self._counts("client_id = ?", (client_id,))
+        return await self._counts("client_id = ? AND user_id = ?", (client_id, user_id))
 
     async def user_stats(self, user_id: str) -> dict[JobState, int]:
-        return await self._counts("user_id", user_id)
+        return await self._counts("user_id = ?", (user_id,))
 
-    async def _counts(self, column: str, value: str) -> dict[JobState, int]:
+    async def _counts(self, where: str, params: tuple[str, ...]) -> dict[JobState, int]:
         def fn(conn: sqlite3.Connection) -> dict[JobState, int]:
-            found = dict(
-                conn.execute(f"SELECT state, COUNT(*) FROM jobs WHERE {column} = ? GROUP BY state", (value,))
-            )
+            found = dict(conn.execute(f"SELECT state, COUNT(*) FROM jobs WHERE {where} GROUP BY state", params))
             return {s: found.get(s.value, 0) for s in JobState}
 
         counts: dict[JobState, int] = await self._read(fn)
@@ -873,8 +878,8 @@ class SQLiteStore(Store):
                 )
                 if cur.rowcount != 1:
                     continue
-                conn.execute(
-                    _CLOSE_ATTEMPT, (now, decision.outcome.value, decision.error, job.id, job.claims)
+                _end_attempt(
+                    conn, job.queue, job.id, job.claims, job.updated_at, now, decision.outcome, decision.error
                 )
                 (escalated if decision.state is JobState.DEAD_LETTER else requeued).append(job.id)
             report = RecoveryReport(found=len(candidates), requeued=requeued, escalated=escalated)
@@ -891,13 +896,31 @@ class SQLiteStore(Store):
             await self._nudge()
         return report
 
-    async def recovery_stats(self) -> RecoveryStats:
+    async def recovery_stats(self, *, user_id: str | None = None) -> RecoveryStats:
         def fn(conn: sqlite3.Connection) -> RecoveryStats:
             row = conn.execute(
                 "SELECT runs, attempted, successful, requeued, escalated, last_run_at, last_recovered"
                 " FROM recovery_stats WHERE id = 1"
             ).fetchone()
-            return RecoveryStats(*row)
+            stats = RecoveryStats(*row)
+            if user_id is None:
+                return stats
+            # a user's share, counted from their own jobs: lost attempts put back, poison jobs
+            lost, escalated = conn.execute(
+                "SELECT COALESCE(SUM(lost_count), 0),"
+                " COUNT(*) FILTER (WHERE state = 'dead_letter' AND last_error LIKE 'worker lost%')"
+                " FROM jobs WHERE user_id = ? AND lost_count > 0",
+                (user_id,),
+            ).fetchone()
+            return RecoveryStats(
+                runs=stats.runs,
+                attempted=int(lost),
+                successful=int(lost),
+                requeued=int(lost) - int(escalated),
+                escalated=int(escalated),
+                last_run_at=stats.last_run_at,
+                last_recovered=0,
+            )
 
         stats: RecoveryStats = await self._read(fn)
         return stats
@@ -985,6 +1008,27 @@ def _insert_job(conn: sqlite3.Connection, values: tuple[Any, ...], idempotency_k
     cur = conn.execute(_INSERT_JOB, values)
     assert cur.lastrowid is not None
     return cur.lastrowid
+
+
+def _end_attempt(
+    conn: sqlite3.Connection,
+    queue: str,
+    job_id: int,
+    claim: int,
+    started_at: float,
+    now: float,
+    outcome: AttemptOutcome,
+    error: str | None,
+) -> None:
+    """Close the attempt row and count it in the metrics, in the caller's transaction."""
+    conn.execute(_CLOSE_ATTEMPT, (now, outcome.value, error, job_id, claim))
+    duration = max(0.0, now - started_at)
+    conn.execute(
+        "INSERT INTO attempt_metrics (queue, outcome, bucket, count, duration_sum) VALUES (?, ?, ?, 1, ?)"
+        " ON CONFLICT (queue, outcome, bucket) DO UPDATE SET count = count + 1,"
+        " duration_sum = duration_sum + excluded.duration_sum",
+        (queue, outcome.value, bucket_for(duration), duration),
+    )
 
 
 def _cas(conn: sqlite3.Connection, job: Job, assignments: str, params: tuple[Any, ...]) -> None:

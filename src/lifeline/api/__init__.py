@@ -1,0 +1,5 @@
+"""The HTTP service."""
+
+from lifeline.api.app import create_app
+
+__all__ = ["create_app"]

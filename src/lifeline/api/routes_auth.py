@@ -1,0 +1,76 @@
+"""Log in and out, who am I, and user management (superusers)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import OAuth2PasswordRequestForm
+
+from lifeline.accounts import TooManyAttempts
+from lifeline.api.deps import Ctx, CurrentUser, Session, Superuser
+from lifeline.api.schemas import TokenOut, UserCreate, UserOut
+from lifeline.auth import AuthError
+
+router = APIRouter()
+
+_LOGIN_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"description": "wrong credentials (one generic message)"},
+    429: {"description": "too many failed logins; see Retry-After"},
+}
+
+
+@router.post("/auth/jwt/login", response_model=TokenOut, tags=["auth"], responses=_LOGIN_RESPONSES)
+async def login(
+    request: Request, ctx: Ctx, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+) -> TokenOut | JSONResponse:
+    address = request.client.host if request.client else None
+    try:
+        token, _ = await ctx.accounts.login(form.username, form.password, address)
+    except TooManyAttempts as exc:
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+        )
+    except AuthError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    return TokenOut(access_token=token)
+
+
+@router.post("/auth/jwt/logout", status_code=status.HTTP_204_NO_CONTENT, tags=["auth"])
+async def logout(ctx: Ctx, session: Session) -> Response:
+    await ctx.accounts.logout(session[1])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/users/me", response_model=UserOut, tags=["users"])
+async def me(user: CurrentUser) -> UserOut:
+    return UserOut.of(user)
+
+
+@router.post("/api/users", response_model=UserOut, status_code=status.HTTP_201_CREATED, tags=["users"])
+async def create_user(body: UserCreate, ctx: Ctx, _: Superuser) -> UserOut:
+    user = await ctx.accounts.create_user(
+        body.email, body.password, superuser=body.is_superuser, display_name=body.display_name
+    )
+    return UserOut.of(user)
+
+
+@router.get("/api/users", response_model=list[UserOut], tags=["users"])
+async def list_users(
+    ctx: Ctx,
+    _: Superuser,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[UserOut]:
+    return [UserOut.of(u) for u in await ctx.store.list_users(limit=limit, offset=offset)]
+
+
+@router.delete("/api/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"])
+async def delete_user(user_id: str, ctx: Ctx, admin: Superuser) -> Response:
+    if user_id == admin.id:
+        raise HTTPException(status.HTTP_409_CONFLICT, "you cannot delete yourself")
+    await ctx.store.delete_user(user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

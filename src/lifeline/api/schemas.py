@@ -1,0 +1,246 @@
+"""The HTTP API's response and request shapes (they are also the OpenAPI schema that
+schemathesis checks every response against)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from lifeline.domain import Attempt, Job, JobInfo, JobState, RecordingStatus, User
+from lifeline.store.base import QueueStats, RecordingReport, RecoveryStats
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth2 token type, not a secret)
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    display_name: str | None
+    is_active: bool
+    is_superuser: bool
+    is_verified: bool = True  # Friend-Lite clients read it
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            is_active=user.is_active,
+            is_superuser=user.is_superuser,
+        )
+
+
+class UserCreate(BaseModel):
+    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    password: str = Field(min_length=8, max_length=1024)
+    display_name: str | None = Field(default=None, max_length=200)
+    is_superuser: bool = False
+
+
+class AttemptOut(BaseModel):
+    claim: int
+    worker_id: str
+    started_at: float
+    finished_at: float | None
+    duration: float | None
+    outcome: str
+    error: str | None
+
+    @classmethod
+    def of(cls, a: Attempt) -> AttemptOut:
+        return cls(
+            claim=a.claim,
+            worker_id=a.worker_id,
+            started_at=a.started_at,
+            finished_at=a.finished_at,
+            duration=a.duration,
+            outcome=a.outcome.value,
+            error=a.error,
+        )
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it: its payload is left out (it may hold user content)."""
+
+    id: int
+    queue: str
+    state: JobState
+    priority: int
+    attempts: int
+    max_attempts: int
+    lost_count: int
+    run_at: float
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    recording_id: str | None
+    client_id: str | None
+    user_id: str | None
+    last_error: str | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id,
+            queue=job.queue,
+            state=job.state,
+            priority=job.priority,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            lost_count=job.lost_count,
+            run_at=job.run_at,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            finished_at=job.finished_at,
+            recording_id=job.recording_id,
+            client_id=job.client_id,
+            user_id=job.user_id,
+            last_error=job.last_error,
+        )
+
+
+class JobDetailOut(JobOut):
+    attempt_history: list[AttemptOut]
+
+    @classmethod
+    def of_info(cls, info: JobInfo) -> JobDetailOut:
+        base = JobOut.of(info.job).model_dump()
+        return cls(**base, attempt_history=[AttemptOut.of(a) for a in info.attempts])
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    limit: int
+    offset: int
+
+
+class QueueStatsOut(BaseModel):
+    queue: str
+    counts: dict[str, int]
+    total: int
+    oldest_pending_age: float | None
+    paused: bool
+    pause_reason: str | None
+    completed_last_minute: int
+    completed_last_5_minutes: int
+
+    @classmethod
+    def of(cls, q: QueueStats) -> QueueStatsOut:
+        return cls(
+            queue=q.queue,
+            counts={s.value: n for s, n in q.counts.items()},
+            total=q.total,
+            oldest_pending_age=q.oldest_pending_age,
+            paused=q.paused,
+            pause_reason=q.pause_reason,
+            completed_last_minute=q.completed_last_minute,
+            completed_last_5_minutes=q.completed_last_5_minutes,
+        )
+
+
+class PersistentQueueOut(QueueStatsOut):
+    recent_failures: list[JobOut] = []
+
+
+class StageOut(BaseModel):
+    stage: str
+    state: JobState | None
+    jobs: list[JobDetailOut]
+
+
+class PipelineStatusOut(BaseModel):
+    audio_uuid: str
+    status: RecordingStatus
+    user_id: str | None
+    client_id: str | None
+    created_at: float | None
+    last_error: str | None
+    stages: dict[str, StageOut]
+
+    @classmethod
+    def of(cls, r: RecordingReport) -> PipelineStatusOut:
+        return cls(
+            audio_uuid=r.audio_uuid,
+            status=r.status,
+            user_id=r.user_id,
+            client_id=r.client_id,
+            created_at=r.created_at,
+            last_error=r.last_error,
+            stages={
+                name: StageOut(
+                    stage=name,
+                    state=stage.state,
+                    jobs=[JobDetailOut.of_info(info) for info in stage.jobs],
+                )
+                for name, stage in r.stages.items()
+            },
+        )
+
+
+class CountsOut(BaseModel):
+    counts: dict[str, int]
+    total: int
+
+
+class ClientStatsOut(CountsOut):
+    client_id: str
+
+
+class RecoveryStatsOut(BaseModel):
+    scope: str  # "all" for a superuser, "own" for a user (counts from their own jobs)
+    runs: int
+    attempted: int
+    successful: int
+    requeued: int
+    escalated: int
+    last_run_at: float | None
+    last_recovered: int
+
+    @classmethod
+    def of(cls, s: RecoveryStats, scope: str) -> RecoveryStatsOut:
+        return cls(
+            scope=scope,
+            runs=s.runs,
+            attempted=s.attempted,
+            successful=s.successful,
+            requeued=s.requeued,
+            escalated=s.escalated,
+            last_run_at=s.last_run_at,
+            last_recovered=s.last_recovered,
+        )
+
+
+class RecoveryResultOut(BaseModel):
+    queue: str
+    found: int
+    requeued: list[int]
+    escalated: list[int]
+
+
+class ActionResultOut(BaseModel):
+    ok: bool = True
+    message: str
+    count: int | None = None
+
+
+class CleanupOut(BaseModel):
+    jobs_deleted: int
+    attempts_deleted: int
+    dead_letters_purged: int
+
+
+class SystemOverviewOut(BaseModel):
+    queues: dict[str, QueueStatsOut]
+    recovery: RecoveryStatsOut
+    circuit_breakers: list[dict[str, Any]]
+    health: dict[str, Any]
+
+
+class HealthOut(BaseModel):
+    status: str
+    components: dict[str, dict[str, Any]]
