@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -17,3 +18,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def rng() -> random.Random:
     return seeded_rng()
+
+
+# httpx logs full request URLs at INFO; a URL may carry a token, and no token may reach a log.
+logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -38,8 +38,13 @@ class TokenClaims:
 class PasswordHashing:
     """argon2id with the library's defaults; verification takes constant time for unknown users."""
 
-    def __init__(self) -> None:
-        self._hasher = PasswordHasher()
+    def __init__(self, *, time_cost: int | None = None, memory_cost: int | None = None) -> None:
+        """Library defaults (RFC 9106 low-memory profile) unless told otherwise (tests go cheaper)."""
+        defaults = PasswordHasher()
+        self._hasher = PasswordHasher(
+            time_cost=defaults.time_cost if time_cost is None else time_cost,
+            memory_cost=defaults.memory_cost if memory_cost is None else memory_cost,
+        )
         self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
 
     def hash(self, password: str) -> str:

@@ -52,6 +52,8 @@ def _configure_logging() -> None:
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
         stream=sys.stderr,
     )
+    # httpx logs whole URLs at INFO, and a URL may carry a token: keep it to warnings
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _with_store(fn: Callable[[Store], Awaitable[T]]) -> T:

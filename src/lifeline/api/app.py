@@ -23,7 +23,7 @@ from lifeline.api.context import AppContext
 from lifeline.api.routes_auth import router as auth_router
 from lifeline.api.routes_ops import router as ops_router
 from lifeline.api.routes_recovery import router as recovery_router
-from lifeline.auth import TokenIssuer, load_or_create_secret
+from lifeline.auth import PasswordHashing, TokenIssuer, load_or_create_secret
 from lifeline.config import Settings
 from lifeline.domain import Conflict, InvalidTransition, NotFound, StoreError
 from lifeline.queue.recovery import RecoveryManager
@@ -33,7 +33,12 @@ from lifeline.runtime import open_store, recovery_settings
 log = logging.getLogger("lifeline.api")
 
 
-def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    handlers: Mapping[str, Handler] | None = None,
+    hashing: PasswordHashing | None = None,
+) -> FastAPI:
     """A Lifeline service for ``settings``; ``handlers`` are the stage handlers its workers run."""
     stage_handlers = dict(handlers or {})
 
@@ -46,7 +51,7 @@ def create_app(settings: Settings, *, handlers: Mapping[str, Handler] | None = N
         recovery = RecoveryManager(store, recovery_settings(settings))
         try:
             secret = settings.auth_secret or load_or_create_secret(settings.data_dir / "auth-secret")
-            accounts = Accounts(store, TokenIssuer(secret, settings.jwt_lifetime))
+            accounts = Accounts(store, TokenIssuer(secret, settings.jwt_lifetime), hashing=hashing)
             generated = await accounts.ensure_admin(
                 settings.admin_email, settings.admin_password, settings.data_dir
             )
