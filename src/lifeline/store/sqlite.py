@@ -818,7 +818,8 @@ class SQLiteStore(SQLiteUsersMixin, Store):
 
     async def _counts(self, where: str, params: tuple[str, ...]) -> dict[JobState, int]:
         def fn(conn: sqlite3.Connection) -> dict[JobState, int]:
-            found = dict(conn.execute(f"SELECT state, COUNT(*) FROM jobs WHERE {where} GROUP BY state", params))
+            sql = f"SELECT state, COUNT(*) FROM jobs WHERE {where} GROUP BY state"
+            found = dict(conn.execute(sql, params))
             return {s: found.get(s.value, 0) for s in JobState}
 
         counts: dict[JobState, int] = await self._read(fn)
