@@ -66,7 +66,13 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path
     env = worker_env(db)
     while kills < 12:
         proc = subprocess.Popen(worker_command("--concurrency", "8"), env=env)
-        time.sleep(rng.uniform(0.6, 1.6))  # start-up takes ~0.4 s, so most kills land mid-work
+        # kill only once this worker is working (start-up time depends on the machine's load),
+        # then at a random moment of its work
+        before = summary(db).get("completed", 0)
+        deadline = time.monotonic() + 120
+        while summary(db).get("completed", 0) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.05, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1

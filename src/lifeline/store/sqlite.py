@@ -49,7 +49,8 @@ from lifeline.store.base import (
     StoredOutput,
     WorkerRecord,
 )
-from lifeline.store.sqlite_engine import ReaderPool, Synchronous, WriterThread, open_connection
+from lifeline.store.sqlite_engine import Checkpointer, ReaderPool, Synchronous, WriterThread, open_connection
+from lifeline.store.sqlite_health import SQLiteHealthMixin
 from lifeline.store.sqlite_users import SQLiteUsersMixin
 
 Clock = Callable[[], float]
@@ -61,6 +62,9 @@ JOB_COLUMNS = (
 )
 
 _CLAIMABLE_SQL = ", ".join(f"'{s.value}'" for s in CLAIMABLE_STATES)
+# the finished states, spelled exactly as in the partial index jobs_finished (SQLite uses a partial
+# index only when the query's WHERE contains the index's WHERE term as written)
+_FINISHED = "'completed', 'cancelled', 'dead_letter'"
 
 _INSERT_JOB = (
     "INSERT INTO jobs (queue, state, priority, run_at, payload, max_attempts, recording_id,"
@@ -74,6 +78,7 @@ UPDATE jobs
        lease_owner = :owner, lease_expires_at = :expires, updated_at = :now
  WHERE id IN (SELECT id FROM jobs
                WHERE queue = :queue AND state IN ({_CLAIMABLE_SQL}) AND run_at <= :now
+                 AND NOT EXISTS (SELECT 1 FROM queue_flags WHERE queue = :queue AND paused = 1)
                ORDER BY priority DESC, run_at, id
                LIMIT :limit)
 RETURNING {JOB_COLUMNS}
@@ -87,6 +92,9 @@ ON CONFLICT (recording_id, stage, idx) DO UPDATE
        revision = outputs.revision + 1, updated_at = excluded.updated_at
 """
 
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (job_id, claim, worker_id, started_at, outcome) VALUES (?, ?, ?, ?, 'running')"
+)
 _CLOSE_ATTEMPT = "UPDATE attempts SET finished_at = ?, outcome = ?, error = ? WHERE job_id = ? AND claim = ?"
 
 
@@ -151,7 +159,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class SQLiteStore(SQLiteUsersMixin, Store):
+class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
     """See :mod:`lifeline.store.base` for what each method promises."""
 
     def __init__(
@@ -176,6 +184,7 @@ class SQLiteStore(SQLiteUsersMixin, Store):
         self._reader_threads = reader_threads
         self._writer: WriterThread | None = None
         self._readers: ReaderPool | None = None
+        self._checkpointer: Checkpointer | None = None
         self._wakeup: asyncio.Event | None = None
         self._tokens = itertools.count(1)
         self._nonce = os.urandom(3).hex()
@@ -191,6 +200,7 @@ class SQLiteStore(SQLiteUsersMixin, Store):
         self._wakeup = asyncio.Event()
         self._writer = WriterThread(self.path, self.synchronous, loop, self._on_commit)
         self._readers = ReaderPool(self.path, self.synchronous, self._reader_threads)
+        self._checkpointer = Checkpointer(self.path, self.synchronous)
 
     def _migrate(self) -> None:
         conn = open_connection(self.path, self.synchronous)
@@ -201,11 +211,14 @@ class SQLiteStore(SQLiteUsersMixin, Store):
 
     async def close(self) -> None:
         writer, readers = self._writer, self._readers
+        checkpointer, self._checkpointer = self._checkpointer, None
         self._writer = self._readers = None
         if writer is not None:
             await asyncio.to_thread(writer.close)
         if readers is not None:
             await asyncio.to_thread(readers.close)
+        if checkpointer is not None:
+            await asyncio.to_thread(checkpointer.close)
 
     def policy(self, queue: str) -> RetryPolicy:
         return self.policies.get(queue, self.default_policy)
@@ -371,10 +384,7 @@ class SQLiteStore(SQLiteUsersMixin, Store):
         owner = f"{worker_id}#{self._nonce}{next(self._tokens)}"
         clock = self._clock
 
-        def op(conn: sqlite3.Connection) -> list[Job]:
-            paused = conn.execute("SELECT paused FROM queue_flags WHERE queue = ?", (queue,)).fetchone()
-            if paused is not None and paused[0]:
-                return []
+        def op(conn: sqlite3.Connection) -> list[Any]:
             now = clock()
             params = {
                 "owner": owner,
@@ -383,17 +393,16 @@ class SQLiteStore(SQLiteUsersMixin, Store):
                 "queue": queue,
                 "limit": limit,
             }
-            jobs = [row_to_job(row) for row in conn.execute(_CLAIM, params).fetchall()]
-            if jobs:
-                conn.executemany(
-                    "INSERT INTO attempts (job_id, claim, worker_id, started_at, outcome)"
-                    " VALUES (?, ?, ?, ?, 'running')",
-                    [(job.id, job.claims, worker_id, now) for job in jobs],
-                )
-            jobs.sort(key=lambda j: (-j.priority, j.run_at, j.id))
-            return jobs
+            rows = conn.execute(_CLAIM, params).fetchall()
+            if len(rows) == 1:
+                conn.execute(_INSERT_ATTEMPT, (rows[0][0], rows[0][9], worker_id, now))
+            elif rows:
+                conn.executemany(_INSERT_ATTEMPT, [(row[0], row[9], worker_id, now) for row in rows])
+            return rows
 
-        claimed: list[Job] = await self._write(op)
+        # rows become jobs here, on the event loop, not on the writer thread every write waits for
+        claimed = [row_to_job(row) for row in await self._write(op)]
+        claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
         return claimed
 
     async def heartbeat(self, job: Job, *, lease: float | None = None) -> None:
@@ -565,7 +574,8 @@ class SQLiteStore(SQLiteUsersMixin, Store):
             ids = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM jobs WHERE queue = ? AND state = 'dead_letter' AND updated_at <= ?",
+                    f"SELECT id FROM jobs WHERE state IN ({_FINISHED}) AND queue = ?"
+                    " AND state = 'dead_letter' AND updated_at <= ?",
                     (queue, cutoff),
                 )
             ]
@@ -669,10 +679,28 @@ class SQLiteStore(SQLiteUsersMixin, Store):
 
         def fn(conn: sqlite3.Connection) -> dict[str, QueueStats]:
             counts: dict[str, dict[JobState, int]] = {q: {} for q in known}
-            for queue, state, n in conn.execute(
-                f"SELECT queue, state, COUNT(*) FROM jobs WHERE 1 = 1 {scope} GROUP BY queue, state",
-                scope_params,
-            ):
+            if user_id is None:
+                # one query per partial index, each WHERE written exactly as the index's own
+                rows = [
+                    *conn.execute(
+                        f"SELECT queue, state, COUNT(*) FROM jobs WHERE state IN ({waiting})"
+                        " GROUP BY queue, state"
+                    ),
+                    *conn.execute(
+                        "SELECT queue, 'processing', COUNT(*) FROM jobs WHERE state = 'processing'"
+                        " GROUP BY queue"
+                    ),
+                    *conn.execute(
+                        f"SELECT queue, state, COUNT(*) FROM jobs WHERE state IN ({_FINISHED})"
+                        " GROUP BY queue, state"
+                    ),
+                ]
+            else:
+                rows = conn.execute(
+                    "SELECT queue, state, COUNT(*) FROM jobs WHERE user_id = ? GROUP BY queue, state",
+                    (user_id,),
+                ).fetchall()
+            for queue, state, n in rows:
                 counts.setdefault(queue, {})[JobState(state)] = n
             flags = {
                 q: (bool(p), r) for q, p, r in conn.execute("SELECT queue, paused, reason FROM queue_flags")
@@ -688,7 +716,8 @@ class SQLiteStore(SQLiteUsersMixin, Store):
                 ).fetchone()[0]
                 last1, last5 = conn.execute(
                     "SELECT COUNT(*) FILTER (WHERE updated_at >= ?), COUNT(*) FROM jobs"
-                    f" WHERE queue = ? AND state = 'completed' AND updated_at >= ? {scope}",
+                    f" WHERE state IN ({_FINISHED}) AND queue = ? AND state = 'completed'"
+                    f" AND updated_at >= ? {scope}",
                     [now - 60, queue, now - 300, *scope_params],
                 ).fetchone()
                 paused, reason = flags.get(queue, (False, None))
@@ -936,10 +965,11 @@ class SQLiteStore(SQLiteUsersMixin, Store):
                     r[0]
                     for r in conn.execute(
                         # a recording's status is derived from its jobs: they stay while it exists
-                        "SELECT id FROM jobs WHERE state IN ('completed', 'cancelled') AND updated_at < ?"
+                        f"SELECT id FROM jobs WHERE state IN ({_FINISHED})"
+                        " AND state IN ('completed', 'cancelled') AND updated_at < ?"
                         " AND (recording_id IS NULL"
                         "      OR NOT EXISTS (SELECT 1 FROM recordings WHERE audio_uuid = jobs.recording_id))"
-                        " ORDER BY id LIMIT ?",
+                        " LIMIT ?",
                         (cutoff, batch_size),
                     )
                 ]

@@ -32,6 +32,7 @@ T = TypeVar("T")
 Synchronous = Literal["full", "normal"]
 
 _MAX_BATCH = 1024
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is truncated to after it is reset
 
 
 def open_connection(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
@@ -71,6 +72,10 @@ class WriterThread:
         on_commit: Callable[[set[str]], None],
     ) -> None:
         self._conn = open_connection(path, synchronous)
+        # checkpoints run on the Checkpointer's thread, not inside this thread's commits, where
+        # every thousandth commit would otherwise stall every caller waiting on it
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         self._loop = loop
         self._on_commit = on_commit
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -198,6 +203,41 @@ class WriterThread:
                 op.future.set_exception(error)
         if touched:
             self._on_commit(touched)
+
+
+class Checkpointer:
+    """Copies the WAL back into the database in the background (PASSIVE: never blocks writers).
+
+    Every process with a store runs one; when several processes share a file, whichever comes first
+    does the work and the others find nothing to copy.
+    """
+
+    def __init__(self, path: Path, synchronous: Synchronous, interval: float = 1.0) -> None:
+        self._conn = open_connection(path, synchronous)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lifeline-sqlite-checkpoint", daemon=True)
+        self.checkpoints = 0
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        try:
+            _, frames, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            log.warning("WAL checkpoint failed; retrying in %.0f s", self._interval, exc_info=True)
+            return
+        if frames > 0:
+            self.checkpoints += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.checkpoint()
+        self._conn.close()
 
 
 class ReaderPool:

@@ -24,17 +24,21 @@ CREATE TABLE jobs (
     finished_at      REAL
 );
 
--- The claim walks this index in order; it only holds claimable rows, so finished jobs cost nothing.
-CREATE INDEX jobs_claimable ON jobs (queue, priority DESC, run_at, id)
+-- Indexes are partial where they can be, so that a state change touches as few entries as
+-- possible (each touched index page is written to the WAL at every commit):
+-- The claim walks this index in order; it holds only claimable rows. state and updated_at make it
+-- cover the per-queue counts of waiting jobs and the oldest waiting job.
+CREATE INDEX jobs_claimable ON jobs (queue, priority DESC, run_at, id, state, updated_at)
     WHERE state IN ('pending', 'failed', 'retry');
--- The recovery manager's scan of expired leases.
-CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE state = 'processing';
--- Counts per queue and state, and retention cleanup by age.
-CREATE INDEX jobs_queue_state ON jobs (queue, state, updated_at);
+-- The recovery manager's scan of expired leases; queue makes it cover the count of running jobs.
+CREATE INDEX jobs_leased ON jobs (lease_expires_at, queue) WHERE state = 'processing';
+-- Finished jobs: a row enters once, when it finishes. Counts, throughput, dead letters, retention.
+CREATE INDEX jobs_finished ON jobs (queue, state, updated_at)
+    WHERE state IN ('completed', 'cancelled', 'dead_letter');
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX jobs_recording ON jobs (recording_id) WHERE recording_id IS NOT NULL;
-CREATE INDEX jobs_client ON jobs (client_id, state) WHERE client_id IS NOT NULL;
-CREATE INDEX jobs_user ON jobs (user_id, state) WHERE user_id IS NOT NULL;
+CREATE INDEX jobs_client ON jobs (client_id) WHERE client_id IS NOT NULL;
+CREATE INDEX jobs_user ON jobs (user_id) WHERE user_id IS NOT NULL;
 
 -- The audit trail: one row per claim, written at the claim and closed when the attempt ends.
 CREATE TABLE attempts (
