@@ -97,6 +97,7 @@ class Results:
 
 def _machine(meta: dict[str, Any]) -> list[str]:
     m = meta["machine"]
+    code = meta["code"]
     lines = [
         f"- Date: {meta['date']} (run took {meta['elapsed_min']:.1f} min)",
         f"- Command: `{meta['command']}`",
@@ -108,10 +109,29 @@ def _machine(meta: dict[str, Any]) -> list[str]:
         f"used {meta['load']['foreign_cpu_pct']:.1f} % of the CPU and the hypervisor took "
         f"{meta['load']['steal_pct']:.1f} % (steal)",
         "- Library versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- Lifeline code measured: commit {code['commit']}"
+        + (" plus uncommitted changes" if code["dirty"] else "")
+        + f" (a copy of `{code['source']}` taken at the start, sources sha256 `{code['sha256']}`)",
+        *(
+            [
+                f"- Rendered again on {meta['rerendered']} from the run's saved measurements "
+                f"(`{meta['source']}`)"
+            ]
+            if meta.get("rerendered")
+            else []
+        ),
         f"- Settings: {meta['jobs']:,} jobs of {PAYLOAD_BYTES} bytes per phase; "
         f"medians of {meta['repeats']} runs; each phase stops after {meta['cap']} s "
         f"(cells marked {CAP_MARK}: at least one run stopped there, see the appendix for the job counts)",
     ]
+    if meta["load"]["foreign_cpu_pct"] > 10.0:
+        lines += [
+            "",
+            f"**Warning: this machine was shared during the run** (other processes used "
+            f"{meta['load']['foreign_cpu_pct']:.0f} % of its CPU, and their disk writes and fsyncs competed "
+            "with the benchmark's): the numbers are lower and noisier than on an idle machine, FULL more "
+            "than NORMAL. The appendix shows the spread between runs.",
+        ]
     return [*lines, ""]
 
 

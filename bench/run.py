@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -101,6 +103,38 @@ def command() -> str:
     return shlex.join([shown, *sys.argv])
 
 
+def snapshot_lifeline(work: Path) -> dict[str, Any]:
+    """Copy the lifeline package once, so that every run measures the same code.
+
+    The subprocesses import the copy (``PYTHONPATH`` comes before the editable install), so edits
+    made to ``src/`` while the benchmark runs do not mix two versions into one report.
+    """
+    spec = importlib.util.find_spec("lifeline")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("lifeline is not installed: run `make install` first")
+    source = Path(next(iter(spec.submodule_search_locations)))
+    dest = work / "snapshot"
+    shutil.copytree(source, dest / "lifeline", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha256()
+    for path in sorted((dest / "lifeline").rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(dest)).encode())
+            digest.update(path.read_bytes())
+    repo = BENCH_DIR.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(dest), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "source": str(source),
+        "sha256": digest.hexdigest()[:16],
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain", "--", str(source))),
+    }
+
+
 def python_script(name: str, *args: str) -> list[str]:
     return [sys.executable, str(BENCH_DIR / name), *args]
 
@@ -178,6 +212,18 @@ def breakdown(work: Path, ops: int, repeats: int) -> dict[str, Any]:
     return result
 
 
+def rerender(source: Path, target: Path) -> None:
+    """Write the report again from a run's saved ``results.json`` (after a change to report.py)."""
+    saved: dict[str, Any] = json.loads(source.read_text(encoding="utf-8"))
+    meta: dict[str, Any] = saved["meta"]
+    meta["rerendered"] = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    resolved = source.resolve()
+    repo = BENCH_DIR.parent
+    meta["source"] = str(resolved.relative_to(repo)) if resolved.is_relative_to(repo) else str(resolved)
+    target.write_text(render(Results(saved["runs"], saved.get("failures", [])), meta), encoding="utf-8")
+    print(f"wrote {target}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,7 +246,13 @@ def main() -> None:
         default=None,
         help="default bench/RESULTS.md (quick: bench/.work/RESULTS-quick.md)",
     )
+    parser.add_argument(
+        "--render", type=Path, default=None, help="only write the report again from a saved results.json"
+    )
     args = parser.parse_args()
+    if args.render is not None:
+        rerender(args.render, args.out or BENCH_DIR / "RESULTS.md")
+        return
     quick = args.quick
     jobs = args.jobs or (2_000 if quick else 20_000)
     repeats = args.repeats or (1 if quick else 3)
@@ -217,6 +269,7 @@ def main() -> None:
     (busy_before, steal_before), own_before = cpu_seconds(), own_cpu_seconds()
     work = WORK / dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
+    code = snapshot_lifeline(work)
     runs: list[dict[str, Any]] = []
     failures: list[str] = []
     steps = repeats * len(SYNCS) * len(libs)
@@ -233,6 +286,8 @@ def main() -> None:
                     print(f"[{step}/{steps}] {lib} {sync} run {repeat + 1}: FAILED {exc}", flush=True)
                     continue
                 result["repeat"] = repeat
+                if lib == "lifeline" and not str(result.get("module", "")).startswith(str(work / "snapshot")):
+                    failures.append(f"lifeline run {repeat + 1} at {sync} imported {result.get('module')}")
                 runs.append(result)
                 rates = ", ".join(f"{k} {v['rate']:,.0f}/s" for k, v in result["phases"].items())
                 print(
@@ -244,21 +299,29 @@ def main() -> None:
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "command": command(),
         "machine": machine(work),
+        "code": code,
         "jobs": jobs,
         "repeats": repeats,
         "cap": cap,
     }
     if not args.no_depth and "lifeline" in libs:
         t0 = time.monotonic()
-        meta["depth"] = depth_test(work, total, ops=300, probes=3)
-        print(
-            f"depth ({time.monotonic() - t0:.0f} s): empty {meta['depth']['empty_mb']:.1f} MB, "
-            f"{total:,} pending {meta['depth']['deep_mb']:.1f} MB",
-            flush=True,
-        )
+        try:
+            meta["depth"] = depth_test(work, total, ops=300, probes=3)
+        except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+            failures.append(f"RSS against depth: {exc}")
+        else:
+            print(
+                f"depth ({time.monotonic() - t0:.0f} s): empty {meta['depth']['empty_mb']:.1f} MB, "
+                f"{total:,} pending {meta['depth']['deep_mb']:.1f} MB",
+                flush=True,
+            )
     if not args.no_breakdown and "lifeline" in libs:
         t0 = time.monotonic()
-        meta["breakdown"] = breakdown(work, ops=300 if quick else 2000, repeats=1 if quick else 3)
+        try:
+            meta["breakdown"] = breakdown(work, ops=300 if quick else 2000, repeats=1 if quick else 3)
+        except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+            failures.append(f"time breakdown: {exc}")
         print(f"breakdown ({time.monotonic() - t0:.0f} s)", flush=True)
     elapsed = time.monotonic() - started
     meta["elapsed_min"] = elapsed / 60.0
@@ -271,7 +334,8 @@ def main() -> None:
         "foreign_cpu_pct": max(0.0, foreign) / capacity * 100.0,
         "steal_pct": (steal_after - steal_before) / capacity * 100.0,
     }
-    (work / "results.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1), encoding="utf-8")
+    saved = {"meta": meta, "runs": runs, "failures": failures}
+    (work / "results.json").write_text(json.dumps(saved, indent=1), encoding="utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(Results(runs, failures), meta), encoding="utf-8")
     for leftover in work.iterdir():

@@ -173,6 +173,7 @@ class Run:
         import lifeline_driver as driver
 
         self.result["name"] = LIFELINE
+        self.result["module"] = str(Path(lifeline.__file__).parent)
         self.result["describe"] = driver.describe(self.sync)
         sql = driver.REMAINING_SQL
         n = self.jobs

@@ -9,6 +9,9 @@ import pytest
 
 from fakes import FakeClock, seeded_rng
 
+# real servers on loopback speaking Ollama, OpenAI, Qdrant, Deepgram, Wyoming and MongoDB
+pytest_plugins = ["peers.fixtures"]
+
 
 @pytest.fixture
 def clock() -> FakeClock:

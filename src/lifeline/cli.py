@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,10 +19,19 @@ from rich.table import Table
 
 from lifeline.accounts import Accounts
 from lifeline.auth import TokenIssuer, load_or_create_secret
+from lifeline.breakers import BreakerState
 from lifeline.config import SETTINGS_HELP, Settings
 from lifeline.domain import JobState, LifelineError, User
+from lifeline.operations import LocalOperations, Operations, RemoteOperations
 from lifeline.queue.recovery import RecoveryManager
-from lifeline.runtime import load_handlers, open_store, recovery_settings, run_workers
+from lifeline.runtime import (
+    build_breakers,
+    build_monitor,
+    load_handlers,
+    open_store,
+    recovery_settings,
+    run_workers,
+)
 from lifeline.store.base import Store
 
 T = TypeVar("T")
@@ -60,6 +70,57 @@ def _with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
     async def main() -> T:
         async with open_store(_settings()) as store:
             return await fn(store)
+
+    try:
+        return asyncio.run(main())
+    except LifelineError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where operator commands act: a running service (``url``) or, by default, the local store."""
+
+    url: str | None = None
+    token: str | None = None
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option(help="act on a running service instead of the local store", envvar="LIFELINE_URL"),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="a superuser's token for --url", envvar="LIFELINE_TOKEN")
+    ] = None,
+) -> None:
+    """Lifeline: never lose a recording."""
+    ctx.obj = Target(url, token)
+
+
+def _ops(ctx: typer.Context, fn: Callable[[Operations], Awaitable[T]]) -> T:
+    """Run an operator action against the service given with --url, or the local store."""
+    target = ctx.find_root().obj
+    target = target if isinstance(target, Target) else Target()
+
+    async def main() -> T:
+        if target.url:
+            if not target.token:
+                raise typer.BadParameter("--url needs --token (or LIFELINE_TOKEN)")
+            remote = RemoteOperations.connect(target.url, target.token)
+            try:
+                return await fn(remote)
+            finally:
+                await remote.close()
+        settings = _settings()
+        async with open_store(settings) as store:
+            local = LocalOperations(
+                store, RecoveryManager(store, recovery_settings(settings)), build_breakers(settings, store)
+            )
+            return await fn(local)
 
     try:
         return asyncio.run(main())
@@ -151,16 +212,55 @@ def worker(
         )
 
 
+@app.command()
+def check(
+    url: Annotated[str, typer.Option(help="the deployment, e.g. http://127.0.0.1:8000")],
+    token: Annotated[
+        str | None, typer.Option(envvar="LIFELINE_CHECK_TOKEN", help="a bearer token to read with")
+    ] = None,
+    email: Annotated[str | None, typer.Option(help="log in as this user (instead of --token)")] = None,
+    password: Annotated[
+        str | None, typer.Option(envvar="LIFELINE_CHECK_PASSWORD", help="its password (asked for if unset)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds each request may take")] = 10.0,
+) -> None:
+    """Check a running deployment: probes, login, every read endpoint, metrics. Exit 1 on a failure."""
+    from lifeline.check import run_checks
+
+    if email is not None and password is None and token is None:
+        password = typer.prompt("password", hide_input=True)
+    results = run_checks(url, token=token, email=email, password=password, timeout=timeout)
+    table = Table(title=f"lifeline check {url}")
+    for col in ("check", "result", "status", "ms", "detail"):
+        table.add_column(col, justify="right" if col in ("status", "ms") else "left")
+    for r in results:
+        table.add_row(
+            r.name,
+            "[green]pass[/green]" if r.ok else "[red]FAIL[/red]",
+            "-" if r.status is None else str(r.status),
+            f"{r.ms:.0f}",
+            r.detail,
+        )
+    console.print(table)
+    if token is None and email is None:
+        console.print("no --token or --email: the authenticated checks were not run")
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        err_console.print(f"[red]{len(failed)} of {len(results)} checks failed:[/red] {', '.join(failed)}")
+        raise typer.Exit(1)
+    console.print(f"all {len(results)} checks passed")
+
+
 # -- looking ----------------------------------------------------------------------------------
 
 
 @app.command()
-def status() -> None:
-    """Queues at a glance: counts by state, oldest waiting job, throughput, pause flags."""
+def status(ctx: typer.Context) -> None:
+    """Queues at a glance: counts by state, oldest waiting job, throughput, pauses, breakers."""
 
-    async def fn(store: Store) -> None:
-        stats = await store.queue_stats()
-        recovery = await store.recovery_stats()
+    async def fn(ops: Operations) -> None:
+        stats = await ops.queue_stats()
+        recovery = await ops.recovery_stats()
         table = Table(title="queues")
         table.add_column("queue")
         for state in JobState:
@@ -174,23 +274,26 @@ def status() -> None:
                 *(str(q.counts[s]) for s in JobState),
                 _age(q.oldest_pending_age),
                 str(q.completed_last_minute),
-                f"yes ({q.pause_reason})" if q.paused and q.pause_reason else ("yes" if q.paused else "no"),
+                f"yes ({q.pause_reason})"
+                if q.paused and q.pause_reason
+                else ("yes" if q.paused else (f"blocked: {q.blocked_by}" if q.blocked_by else "no")),
             )
         console.print(table)
         console.print(
             f"recovery: {recovery.runs} runs, {recovery.requeued} requeued, {recovery.escalated}"
             f" dead-lettered, last run {_when(recovery.last_run_at)}"
         )
+        _print_breakers([b.details for b in await ops.breakers()])
 
-    _with_store(fn)
+    _ops(ctx, fn)
 
 
 @app.command()
-def recording(audio_uuid: str) -> None:
+def recording(ctx: typer.Context, audio_uuid: str) -> None:
     """One recording's status across every stage."""
 
-    async def fn(store: Store) -> None:
-        report = await store.recording_status(audio_uuid)
+    async def fn(ops: Operations) -> None:
+        report = await ops.recording_status(audio_uuid)
         console.print(f"{report.audio_uuid}: [bold]{report.status.value}[/bold]")
         for stage, stage_report in report.stages.items():
             for info in stage_report.jobs:
@@ -200,15 +303,15 @@ def recording(audio_uuid: str) -> None:
                     f"{job.max_attempts}  {job.last_error or ''}"
                 )
 
-    _with_store(fn)
+    _ops(ctx, fn)
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: int) -> None:
+def jobs_show(ctx: typer.Context, job_id: int) -> None:
     """A job and its attempt history."""
 
-    async def fn(store: Store) -> None:
-        info = await store.get_job(job_id)
+    async def fn(ops: Operations) -> None:
+        info = await ops.get_job(job_id)
         job = info.job
         console.print(
             f"job {job.id} queue={job.queue} state={job.state.value} attempts={job.attempts}/"
@@ -231,11 +334,12 @@ def jobs_show(job_id: int) -> None:
             )
         console.print(table)
 
-    _with_store(fn)
+    _ops(ctx, fn)
 
 
 @jobs_app.command("list")
 def jobs_list(
+    ctx: typer.Context,
     queue: Annotated[str | None, typer.Option()] = None,
     state: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option()] = 20,
@@ -243,23 +347,23 @@ def jobs_list(
     """The newest jobs, filtered by queue and state."""
     job_state = JobState(state) if state else None
 
-    async def fn(store: Store) -> None:
-        _print_jobs(await store.list_jobs(queue=queue, state=job_state, limit=limit))
+    async def fn(ops: Operations) -> None:
+        _print_jobs(await ops.list_jobs(queue=queue, state=job_state, limit=limit))
 
-    _with_store(fn)
+    _ops(ctx, fn)
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: int) -> None:
+def jobs_cancel(ctx: typer.Context, job_id: int) -> None:
     """Cancel a job that has not finished."""
-    _with_store(lambda store: store.cancel(job_id))
+    _ops(ctx, lambda ops: ops.cancel(job_id))
     console.print(f"job {job_id} cancelled")
 
 
 @jobs_app.command("retry")
-def jobs_retry(job_id: int) -> None:
+def jobs_retry(ctx: typer.Context, job_id: int) -> None:
     """Put a failed, cancelled or dead job back to pending with its attempts reset."""
-    _with_store(lambda store: store.requeue(job_id))
+    _ops(ctx, lambda ops: ops.requeue(job_id))
     console.print(f"job {job_id} requeued")
 
 
@@ -302,19 +406,21 @@ def _print_jobs(jobs: list[Any]) -> None:
 
 @dlq_app.command("list")
 def dlq_list(
+    ctx: typer.Context,
     queue: Annotated[str | None, typer.Argument()] = None,
     limit: Annotated[int, typer.Option()] = 50,
 ) -> None:
     """Dead letters with their reasons."""
 
-    async def fn(store: Store) -> None:
-        _print_jobs(await store.list_jobs(queue=queue, state=JobState.DEAD_LETTER, limit=limit))
+    async def fn(ops: Operations) -> None:
+        _print_jobs(await ops.list_jobs(queue=queue, state=JobState.DEAD_LETTER, limit=limit))
 
-    _with_store(fn)
+    _ops(ctx, fn)
 
 
 @dlq_app.command("requeue")
 def dlq_requeue(
+    ctx: typer.Context,
     job_id: Annotated[int | None, typer.Argument()] = None,
     all_of: Annotated[str | None, typer.Option("--all", help="requeue every dead letter of QUEUE")] = None,
 ) -> None:
@@ -323,12 +429,12 @@ def dlq_requeue(
         raise typer.BadParameter("give either a job id or --all QUEUE")
     if all_of is not None:
         queue = all_of
-        count = _with_store(lambda store: store.requeue_dead_letters(queue))
+        count = _ops(ctx, lambda ops: ops.requeue_dead_letters(queue))
         console.print(f"{count} dead letters of {queue} requeued")
     else:
         assert job_id is not None
         jid = job_id
-        _with_store(lambda store: store.requeue(jid))
+        _ops(ctx, lambda ops: ops.requeue(jid))
         console.print(f"job {jid} requeued")
 
 
@@ -347,51 +453,50 @@ def dlq_purge(
 
 @app.command()
 def recover(
+    ctx: typer.Context,
     queue: Annotated[str | None, typer.Argument()] = None,
     job: Annotated[
         int | None, typer.Option(help="recover this job even if its lease has not expired")
     ] = None,
 ) -> None:
     """Run one recovery pass now."""
-    settings = _settings()
 
-    async def fn(store: Store) -> None:
-        manager = RecoveryManager(store, recovery_settings(settings))
-        report = await manager.recover(queue=queue, job_id=job, force=job is not None)
+    async def fn(ops: Operations) -> None:
+        report = await ops.recover(queue, job)
         console.print(
             f"found {report.found}: requeued {len(report.requeued)}, dead-lettered {len(report.escalated)}"
         )
 
-    _with_store(fn)
+    _ops(ctx, fn)
 
 
 @app.command()
-def pause(queue: str, reason: Annotated[str | None, typer.Option()] = None) -> None:
+def pause(ctx: typer.Context, queue: str, reason: Annotated[str | None, typer.Option()] = None) -> None:
     """Stop workers from claiming a queue's jobs (they wait; nothing is lost)."""
-    _with_store(lambda store: store.pause(queue, reason))
+    _ops(ctx, lambda ops: ops.pause(queue, reason))
     console.print(f"{queue} paused")
 
 
 @app.command()
-def resume(queue: str) -> None:
+def resume(ctx: typer.Context, queue: str) -> None:
     """Let workers claim a paused queue's jobs again."""
-    _with_store(lambda store: store.resume(queue))
+    _ops(ctx, lambda ops: ops.resume(queue))
     console.print(f"{queue} resumed")
 
 
 @app.command()
 def cleanup(
+    ctx: typer.Context,
     days: Annotated[float | None, typer.Option(help="delete completed jobs older than this")] = None,
 ) -> None:
     """Retention cleanup now."""
-    settings = _settings()
-    age = (days if days is not None else settings.retention_days) * 86400
+    age_days = days if days is not None else _settings().retention_days
 
-    async def fn(store: Store) -> None:
-        report = await store.cleanup(completed_older_than=age)
+    async def fn(ops: Operations) -> None:
+        report = await ops.cleanup(age_days)
         console.print(f"deleted {report.jobs_deleted} jobs and {report.attempts_deleted} attempts")
 
-    _with_store(fn)
+    _ops(ctx, fn)
 
 
 # -- users ------------------------------------------------------------------------------------
@@ -442,6 +547,134 @@ def users_list() -> None:
         console.print(table)
 
     _with_store(fn)
+
+
+# -- breakers and health ----------------------------------------------------------------------
+
+breakers_app = typer.Typer(help="Circuit breakers (shared by every process through the store).")
+app.add_typer(breakers_app, name="breakers")
+
+
+def _print_breakers(records: list[dict[str, Any]]) -> None:
+    """Breakers as ``BreakerRecord.to_dict()`` (local) or the API (remote) show them."""
+    table = Table(title="circuit breakers")
+    for col in ("breaker", "state", "failures", "open until", "opens in a row", "probe", "last error"):
+        table.add_column(col)
+    now = time.time()
+    for rec in records:
+        until = "-"
+        if rec["state"] == BreakerState.OPEN.value and rec.get("open_until") is not None:
+            until = f"{_when(rec['open_until'])} ({_age(max(0.0, rec['open_until'] - now))})"
+        probe_busy = rec.get("probe_owner") and (rec.get("probe_expires_at") or 0) > now
+        table.add_row(
+            rec["name"],
+            rec["state"],
+            f"{rec.get('failures', 0)}/{rec.get('calls', 0)}",
+            until,
+            str(rec.get("consecutive_opens", 0)),
+            str(rec["probe_owner"]) if probe_busy else "-",
+            (rec.get("last_error") or "")[:80],
+        )
+    console.print(table)
+
+
+@breakers_app.callback(invoke_without_command=True)
+def breakers_main(ctx: typer.Context) -> None:
+    """Without a command: list the breakers."""
+    if ctx.invoked_subcommand is None:
+        breakers_list()
+
+
+@breakers_app.command("list")
+def breakers_list(events: Annotated[int, typer.Option(help="also show the last N transitions")] = 0) -> None:
+    """Every breaker: state, recent failures, open until, the probe, the last error."""
+
+    async def fn(store: Store) -> None:
+        breakers = build_breakers(_settings(), store)
+        _print_breakers([r.to_dict() for r in await breakers.list()])
+        if events:
+            table = Table(title="transitions")
+            for col in ("when", "breaker", "from", "to", "reason"):
+                table.add_column(col)
+            for t in await breakers.events(limit=events):
+                table.add_row(_when(t.at), t.name, t.from_state.value, t.to_state.value, t.reason)
+            console.print(table)
+
+    _with_store(fn)
+
+
+@breakers_app.command("reset")
+def breakers_reset(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="one breaker (default: all)")] = None,
+) -> None:
+    """Close a breaker (or all) by hand; the stage's jobs are claimed again at once."""
+
+    async def fn(ops: Operations) -> None:
+        count = await ops.reset_breakers(name)
+        if name is None:
+            console.print(f"all breakers closed ({count} were open or half-open)")
+        else:
+            console.print(f"breaker {name} closed")
+
+    _ops(ctx, fn)
+
+
+@app.command()
+def health(
+    check: Annotated[bool, typer.Option(help="check every service now (else: the last results)")] = True,
+) -> None:
+    """Each configured service's health: status, response times (last, p50, p95), failures, last error."""
+    settings = _settings()
+
+    async def fn(store: Store) -> str:
+        breakers = build_breakers(settings, store)
+        monitor = build_monitor(
+            settings.replace(health_interval=max(settings.health_interval, 1.0)), store, breakers
+        )
+        assert monitor is not None
+        if check:
+            await monitor.check_all()
+        summary = await monitor.summary()
+        table = Table(title=f"health: {summary['status']}")
+        for col in (
+            "service",
+            "status",
+            "last",
+            "p50",
+            "p95",
+            "failures in a row",
+            "since",
+            "breaker",
+            "error / detail",
+        ):
+            table.add_column(col)
+        for service, s in summary["services"].items():
+            table.add_row(
+                service,
+                s["status"],
+                _ms(s["last_response_ms"]),
+                _ms(s["p50_ms"]),
+                _ms(s["p95_ms"]),
+                str(s["consecutive_failures"]),
+                _when(s["last_change_at"]),
+                s["breaker"] or "-",
+                (s["last_error"] if s["status"] == "unhealthy" else s["detail"] or "") or "",
+            )
+        console.print(table)
+        for warning in summary["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
+        for failure in summary["failures"]:
+            console.print(f"[red]failure:[/red] {failure}")
+        status_text: str = summary["status"]
+        return status_text
+
+    if _with_store(fn) == "unhealthy":
+        raise typer.Exit(1)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}ms"
 
 
 def main() -> None:

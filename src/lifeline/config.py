@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lifeline.breakers import BreakerConfig
 from lifeline.domain import ConfigError, Stage
 from lifeline.queue.policy import DEFAULT_POLICIES, RetryPolicy
 from lifeline.store.url import parse_database_url
@@ -58,6 +59,28 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "see docs",
         "per-queue retry policy, e.g. LIFELINE_QUEUE_TRANSCRIPTION_MAX_ATTEMPTS=5",
     ),
+    # external services, their breakers and the health monitor
+    Setting("LIFELINE_ASR", "embedded", "speech recognition: embedded, deepgram, openai or wyoming"),
+    Setting("LIFELINE_ASR_URL", "", "the ASR server: http://host:port (openai, deepgram) or tcp://host:port"),
+    Setting("LIFELINE_ASR_API_KEY", "", "the ASR key (Deepgram: required; OpenAI-compatible: optional)"),
+    Setting("LIFELINE_LLM", "embedded", "the LLM: embedded (rule-based), ollama or openai"),
+    Setting("LIFELINE_LLM_URL", "", "the LLM server, e.g. http://127.0.0.1:11434"),
+    Setting("LIFELINE_LLM_MODEL", "", "the model the LLM server must list"),
+    Setting("LIFELINE_LLM_API_KEY", "", "the LLM key (OpenAI-compatible servers)"),
+    Setting("LIFELINE_QDRANT_URL", "", "a Qdrant server for the vectors (empty: embedded)"),
+    Setting("LIFELINE_QDRANT_API_KEY", "", "its api-key"),
+    Setting("LIFELINE_MONGODB_URL", "", "a MongoDB to ping in the health monitor (mongodb://host:port)"),
+    Setting(
+        "LIFELINE_BREAKER_WINDOW / _MIN_CALLS / _FAILURE_RATE / _SLOW_CALL / _OPEN_BASE / _OPEN_MAX"
+        " / _PROBE_LEASE / _PROBE_RETRY",
+        "20 / 5 / 0.5 / 60 / 30 / 600 / 60 / 2",
+        "every breaker's thresholds; LIFELINE_BREAKER_<SERVICE>_<FIELD> sets one service's"
+        " (e.g. LIFELINE_BREAKER_ASR_SLOW_CALL)",
+    ),
+    Setting("LIFELINE_HEALTH_INTERVAL", "30", "seconds between health checks (0: no health monitor)"),
+    Setting("LIFELINE_HEALTH_TIMEOUT", "5", "seconds a health check may take"),
+    Setting("LIFELINE_HEALTH_SLOW", "2", "a health check slower than this makes the service degraded"),
+    Setting("LIFELINE_DISK_MIN_FREE_MB", "200", "less free MB in the data dir: unhealthy (<5x: degraded)"),
 )
 
 
@@ -80,6 +103,23 @@ class Settings:
     admin_email: str = "admin@example.com"
     admin_password: str | None = None
     workers_in_api: bool = True
+    # external services, their breakers and the health monitor
+    asr: str = "embedded"  # embedded | deepgram | openai | wyoming
+    asr_url: str | None = None
+    asr_api_key: str | None = None
+    llm: str = "embedded"  # embedded | ollama | openai
+    llm_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    mongodb_url: str | None = None
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)  # every breaker's thresholds ...
+    breakers: dict[str, BreakerConfig] = field(default_factory=dict)  # ... unless set for one service
+    health_interval: float = 30.0  # 0: no health monitor
+    health_timeout: float = 5.0
+    health_slow: float = 2.0
+    disk_min_free_mb: float = 200.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], dotenv: Path | None = None) -> Settings:
@@ -127,6 +167,7 @@ class Settings:
             jwt_lifetime=_float(get("JWT_LIFETIME", "3600"), "JWT_LIFETIME", minimum=1),
             admin_email=get("ADMIN_EMAIL", base.admin_email),
             admin_password=get("ADMIN_PASSWORD", "") or None,
+            **service_settings(values),
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -170,3 +211,98 @@ def _float(value: str, name: str, minimum: float = 0.0) -> float:
     if parsed < minimum:
         raise ConfigError(f"LIFELINE_{name} must be at least {minimum}")
     return parsed
+
+
+# -- external services, breakers, health ---------------------------------------------------------
+
+ASR_KINDS = ("embedded", "deepgram", "openai", "wyoming")
+LLM_KINDS = ("embedded", "ollama", "openai")
+_BREAKER_FIELDS = {
+    "WINDOW": "window",
+    "MIN_CALLS": "min_calls",
+    "FAILURE_RATE": "failure_rate",
+    "SLOW_CALL": "slow_call",
+    "OPEN_BASE": "open_base",
+    "OPEN_MAX": "open_max",
+    "PROBE_LEASE": "probe_lease",
+    "PROBE_RETRY": "probe_retry",
+}
+
+
+def service_settings(values: Mapping[str, str]) -> dict[str, Any]:
+    """The services, breaker and health fields of :class:`Settings` from ``LIFELINE_*`` values."""
+
+    def get(name: str) -> str | None:
+        return values.get(ENV_PREFIX + name, "").strip() or None
+
+    asr = (get("ASR") or "embedded").lower()
+    if asr not in ASR_KINDS:
+        raise ConfigError(f"LIFELINE_ASR must be one of {', '.join(ASR_KINDS)}, not {asr!r}")
+    llm = (get("LLM") or "embedded").lower()
+    if llm not in LLM_KINDS:
+        raise ConfigError(f"LIFELINE_LLM must be one of {', '.join(LLM_KINDS)}, not {llm!r}")
+    if asr in ("openai", "wyoming") and not get("ASR_URL"):
+        raise ConfigError(f"LIFELINE_ASR={asr} needs LIFELINE_ASR_URL")
+    if asr == "deepgram" and not get("ASR_API_KEY"):
+        raise ConfigError("LIFELINE_ASR=deepgram needs LIFELINE_ASR_API_KEY")
+    if llm != "embedded" and not get("LLM_URL"):
+        raise ConfigError(f"LIFELINE_LLM={llm} needs LIFELINE_LLM_URL")
+    default, per_service = _breaker_configs(values)
+    return {
+        "asr": asr,
+        "asr_url": get("ASR_URL"),
+        "asr_api_key": get("ASR_API_KEY"),
+        "llm": llm,
+        "llm_url": get("LLM_URL"),
+        "llm_model": get("LLM_MODEL"),
+        "llm_api_key": get("LLM_API_KEY"),
+        "qdrant_url": get("QDRANT_URL"),
+        "qdrant_api_key": get("QDRANT_API_KEY"),
+        "mongodb_url": get("MONGODB_URL"),
+        "breaker": default,
+        "breakers": per_service,
+        "health_interval": _float(get("HEALTH_INTERVAL") or "30", "HEALTH_INTERVAL"),
+        "health_timeout": _float(get("HEALTH_TIMEOUT") or "5", "HEALTH_TIMEOUT", minimum=0.01),
+        "health_slow": _float(get("HEALTH_SLOW") or "2", "HEALTH_SLOW", minimum=0.0),
+        "disk_min_free_mb": _float(get("DISK_MIN_FREE_MB") or "200", "DISK_MIN_FREE_MB"),
+    }
+
+
+def _breaker_configs(values: Mapping[str, str]) -> tuple[BreakerConfig, dict[str, BreakerConfig]]:
+    """``LIFELINE_BREAKER_<FIELD>`` for every breaker, ``LIFELINE_BREAKER_<NAME>_<FIELD>`` for one."""
+    prefix = ENV_PREFIX + "BREAKER_"
+    common: dict[str, str] = {}
+    named: dict[str, dict[str, str]] = {}
+    for key, value in values.items():
+        if not key.startswith(prefix) or not value.strip():
+            continue
+        rest = key[len(prefix) :]
+        for suffix in sorted(_BREAKER_FIELDS, key=len, reverse=True):
+            if rest == suffix:
+                common[suffix] = value
+                break
+            if rest.endswith("_" + suffix):
+                named.setdefault(rest[: -len(suffix) - 1].lower(), {})[suffix] = value
+                break
+        else:
+            raise ConfigError(f"{key}: unknown breaker setting (fields: {', '.join(_BREAKER_FIELDS)})")
+
+    def build(base: BreakerConfig, raw: dict[str, str], label: str) -> BreakerConfig:
+        changes: dict[str, Any] = {}
+        for suffix, text in raw.items():
+            name = f"BREAKER_{label}{suffix}"
+            attribute = _BREAKER_FIELDS[suffix]
+            if attribute in ("window", "min_calls"):
+                changes[attribute] = _int(text, name, minimum=1)
+            elif attribute == "slow_call":
+                seconds = _float(text, name)
+                changes[attribute] = seconds if seconds > 0 else None  # 0 turns slow calls off
+            else:
+                changes[attribute] = _float(text, name)
+        try:
+            return dataclasses.replace(base, **changes)
+        except ValueError as exc:
+            raise ConfigError(f"LIFELINE_BREAKER_{label}*: {exc}") from exc
+
+    default = build(BreakerConfig(), common, "")
+    return default, {name: build(default, raw, name.upper() + "_") for name, raw in named.items()}

@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+from lifeline.breakers import CircuitBreakers
 from lifeline.config import Settings
 from lifeline.domain import ConfigError
+from lifeline.health import HealthMonitor
 from lifeline.queue.recovery import DAY, RecoveryManager, RecoverySettings
 from lifeline.queue.worker import Handler, Worker, WorkerStats
 from lifeline.store.base import Store
@@ -32,9 +36,63 @@ def recovery_settings(settings: Settings) -> RecoverySettings:
     return RecoverySettings(interval=settings.recovery_interval, retention=retention)
 
 
-def load_handlers(spec: str) -> dict[str, Handler]:
-    """Handlers from ``package.module:attribute``: a mapping of queue name to async handler,
-    or a function returning one."""
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    """What a handler factory is given: the objects its handlers share (built from the settings)."""
+
+    settings: Settings
+    store: Store
+    breakers: CircuitBreakers
+
+
+# A mapping of queue name to handler, or a factory that builds one from the HandlerContext once the
+# store is open (handlers that call external services need the breakers).
+HandlerFactory = Callable[[HandlerContext], Mapping[str, Handler]]
+Handlers = Mapping[str, Handler] | HandlerFactory
+
+
+def build_breakers(settings: Settings, store: Store) -> CircuitBreakers:
+    return CircuitBreakers(store, settings.breakers, default=settings.breaker)
+
+
+def build_monitor(settings: Settings, store: Store, breakers: CircuitBreakers | None) -> HealthMonitor | None:
+    """The health monitor over the configured services; ``None`` when LIFELINE_HEALTH_INTERVAL is 0."""
+    if settings.health_interval <= 0:
+        return None
+    from lifeline.probes import probes_from_settings  # httpx is loaded only when the monitor runs
+
+    return HealthMonitor(
+        store,
+        probes_from_settings(settings, store),
+        breakers,
+        interval=settings.health_interval,
+        timeout=settings.health_timeout,
+        slow_threshold=settings.health_slow,
+    )
+
+
+def resolve_handlers(source: Handlers, context: HandlerContext) -> dict[str, Handler]:
+    """The handlers of ``source``, calling it with ``context`` if it is a factory."""
+    handlers = source(context) if callable(source) and not isinstance(source, Mapping) else source
+    if not isinstance(handlers, Mapping) or not all(callable(h) for h in handlers.values()):
+        raise ConfigError("the handler factory did not return a mapping of queue names to handlers")
+    return {str(queue): handler for queue, handler in handlers.items()}
+
+
+def _takes_context(target: Callable[..., object]) -> bool:
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters
+    )
+
+
+def load_handlers(spec: str) -> Handlers:
+    """Handlers from ``package.module:attribute``: a mapping of queue name to async handler, a
+    function returning one, or a function of a :class:`HandlerContext` returning one (called once
+    the store is open, see :func:`resolve_handlers`)."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ConfigError(f"--app must look like package.module:attribute, not {spec!r}")
@@ -45,6 +103,9 @@ def load_handlers(spec: str) -> dict[str, Handler]:
     target = getattr(module, attribute, None)
     if target is None:
         raise ConfigError(f"{module_name} has no attribute {attribute}")
+    if callable(target) and not isinstance(target, Mapping) and _takes_context(target):
+        factory: HandlerFactory = target
+        return factory
     handlers = target() if callable(target) and not isinstance(target, Mapping) else target
     if not isinstance(handlers, Mapping) or not all(callable(h) for h in handlers.values()):
         raise ConfigError(f"{spec} is not a mapping of queue names to handlers")
@@ -53,26 +114,31 @@ def load_handlers(spec: str) -> dict[str, Handler]:
 
 async def run_workers(
     settings: Settings,
-    handlers: Mapping[str, Handler],
+    handlers: Handlers,
     *,
     queues: Sequence[str] | None = None,
     concurrency: int | None = None,
     burst: bool = False,
     with_recovery: bool = True,
 ) -> WorkerStats | None:
-    """Run a worker (if there are handlers) and the recovery manager until SIGTERM/SIGINT."""
+    """Run a worker (if there are handlers), the recovery manager and the health monitor until
+    SIGTERM/SIGINT. The worker does not claim a stage while a breaker it needs is open."""
     async with open_store(settings) as store:
+        breakers = build_breakers(settings, store)
+        stage_handlers = resolve_handlers(handlers, HandlerContext(settings, store, breakers))
         recovery = RecoveryManager(store, recovery_settings(settings)) if with_recovery else None
+        monitor = build_monitor(settings, store, breakers) if with_recovery and not burst else None
         worker = (
             Worker(
                 store,
-                handlers,
+                stage_handlers,
                 queues=queues,
                 concurrency=concurrency or settings.worker_concurrency,
                 poll_interval=settings.poll_interval,
                 shutdown_timeout=settings.shutdown_timeout,
+                gate=breakers.gate,
             )
-            if handlers
+            if stage_handlers
             else None
         )
         stop = asyncio.Event()
@@ -86,6 +152,8 @@ async def run_workers(
                 await recovery.recover()
             else:
                 tasks.append(asyncio.create_task(recovery.run()))
+        if monitor is not None:
+            tasks.append(asyncio.create_task(monitor.run()))
         worker_task = asyncio.create_task(worker.run(burst=burst)) if worker is not None else None
         if worker is None:
             log.info("no handlers registered: running the recovery manager only")
@@ -101,6 +169,8 @@ async def run_workers(
             worker.stop()
         if recovery is not None:
             recovery.stop()
+        if monitor is not None:
+            monitor.stop()
         stopper.cancel()
         stats = await worker_task if worker_task is not None else None
         for task in tasks:

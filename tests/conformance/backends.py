@@ -1,8 +1,8 @@
 """How the conformance suite opens a store on each backend.
 
-Every conformance test runs once per name in :data:`BACKENDS`. To add PostgreSQL, add ``"postgres"``
-and a branch in :func:`open_backend` that connects to a fresh database (``location`` is then the
-database to use); the tests themselves do not change.
+Every conformance test runs once per name in :data:`BACKENDS`: ``sqlite`` (a file in the test's
+temporary directory) and ``postgres`` (a database cloned from the schema template in the private
+cluster of ``tests/pg.py``, one per temporary directory). The tests themselves do not change.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import random
 from pathlib import Path
 
 import lifeline
+import pg
 from fakes import FakeClock
 from lifeline import RetryPolicy, Store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 QUEUE = "work"
 OTHER = "other"
@@ -28,7 +29,21 @@ POLICIES = {QUEUE: POLICY, OTHER: POLICY, NEXT: POLICY}
 def store_url(backend: str, location: Path) -> str:
     if backend == "sqlite":
         return f"sqlite:///{location / 'lifeline.db'}"
+    if backend == "postgres":
+        return pg.require().url(pg.database_for(location))
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def require_backend(backend: str) -> None:
+    """Skip (locally) or fail (in CI) when the backend's server is not available."""
+    if backend == "postgres":
+        pg.require()
+
+
+def forget_backend(backend: str, location: Path) -> None:
+    """Drop what ``location`` held on a server (the SQLite file goes with the directory)."""
+    if backend == "postgres":
+        pg.drop_database_for(location)
 
 
 async def open_backend(
@@ -42,7 +57,7 @@ async def open_backend(
 ) -> Store:
     """An opened store on ``backend``; the same ``location`` reaches the same data (for reopening)."""
     url = store_url(backend, location)
-    if synchronous is not None:
+    if synchronous is not None and backend == "sqlite":
         url += f"?synchronous={synchronous}"
     store = lifeline.connect(
         url,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.backends import BACKENDS, StoreFactory
+from conformance.backends import BACKENDS, StoreFactory, forget_backend, require_backend
 from fakes import FakeClock
 from lifeline import Store
 
@@ -16,6 +16,7 @@ from lifeline import Store
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
+    require_backend(name)
     return name
 
 
@@ -26,6 +27,7 @@ async def open_store(
     factory = StoreFactory(backend, tmp_path, clock, rng)
     yield factory
     await factory.close_all()
+    forget_backend(backend, tmp_path)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conformance.backends import BACKENDS, POLICY, QUEUE, open_backend
+from conformance.backends import BACKENDS, POLICY, QUEUE, forget_backend, open_backend, require_backend
 from fakes import FakeClock
 from lifeline import AttemptOutcome, InvalidTransition, Job, JobState, LeaseLost, NotFound, Store
 from lifeline.domain import CLAIMABLE_STATES
@@ -89,6 +89,7 @@ class StoreModel(RuleBasedStateMachine):
             self.run(self.store.close())
         finally:
             self.runner.close()
+            forget_backend(self.backend, Path(self.tmp.name))
             self.tmp.cleanup()
 
     # -- helpers --------------------------------------------------------------------------------
@@ -326,6 +327,7 @@ class StoreModel(RuleBasedStateMachine):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_store_agrees_with_the_model(backend: str) -> None:
+    require_backend(backend)
     machine = type(f"StoreModel_{backend}", (StoreModel,), {"backend": backend})
     run_state_machine_as_test(
         machine,

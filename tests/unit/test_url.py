@@ -10,8 +10,9 @@ import pytest
 import lifeline
 from lifeline.domain import ConfigError, LifelineError
 from lifeline.queue.policy import DEFAULT_POLICIES
+from lifeline.store.postgres import PostgresStore
 from lifeline.store.sqlite import SQLiteStore
-from lifeline.store.url import parse_database_url
+from lifeline.store.url import parse_database_url, redact
 
 
 @pytest.mark.parametrize(
@@ -28,13 +29,56 @@ def test_parse(url: str, path: Path, synchronous: str | None) -> None:
     parsed = parse_database_url(url)
     assert (parsed.scheme, parsed.path, parsed.synchronous) == ("sqlite", path, synchronous)
     assert parsed.path.is_absolute() == url.startswith("sqlite:////")
+    assert not parsed.is_postgres
+    assert parsed.conninfo is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://lifeline:secret@db.internal:5432/lifeline",
+        "postgres://lifeline@localhost/lifeline",
+        "postgresql://localhost/lifeline?sslmode=require&application_name=worker",
+        "postgresql:///lifeline?host=/run/postgresql",  # a Unix socket
+    ],
+)
+def test_parse_postgres(url: str) -> None:
+    parsed = parse_database_url(url)
+    assert parsed.is_postgres
+    assert parsed.conninfo == url  # handed to libpq as it is
+    assert (parsed.path, parsed.synchronous) == (None, None)
+
+
+def test_connect_builds_a_postgres_store_without_connecting() -> None:
+    store = lifeline.connect(
+        "postgresql://lifeline:pw@127.0.0.1:1/nothing", synchronous="normal", clock=lambda: 7.0
+    )
+    assert isinstance(store, PostgresStore)  # not opened: nothing was contacted yet
+    assert store.conninfo == "postgresql://lifeline:pw@127.0.0.1:1/nothing"
+    assert store.policies == DEFAULT_POLICIES
+    assert isinstance(store, lifeline.Store)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://lifeline:s3cret@db:5432/x", "postgresql://lifeline:***@db:5432/x"),
+        ("postgresql://lifeline@db/x", "postgresql://lifeline@db/x"),
+        ("sqlite:///data/lifeline.db", "sqlite:///data/lifeline.db"),
+    ],
+)
+def test_redact_hides_the_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgres://localhost/db", "scheme"),
         ("mysql:///x.db", "scheme"),
+        ("postgresql+psycopg://localhost/db", "scheme"),
+        ("postgresql:///db", "needs a host"),
+        ("postgresql://localhost/db?synchronous=normal", "SQLite option"),
+        ("postgresql://localhost:port/db", "port"),
         ("lifeline.db", "scheme"),
         ("sqlite://host/x.db", "no host"),
         ("sqlite://", "names no file"),

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifeline.accounts import Accounts
 from lifeline.api.context import AppContext
+from lifeline.api.responses import errors
 from lifeline.api.routes_auth import router as auth_router
 from lifeline.api.routes_ops import router as ops_router
 from lifeline.api.routes_recovery import router as recovery_router
@@ -27,8 +31,16 @@ from lifeline.auth import PasswordHashing, TokenIssuer, load_or_create_secret
 from lifeline.config import Settings
 from lifeline.domain import Conflict, InvalidTransition, NotFound, StoreError
 from lifeline.queue.recovery import RecoveryManager
-from lifeline.queue.worker import Handler, Worker
-from lifeline.runtime import open_store, recovery_settings
+from lifeline.queue.worker import Worker
+from lifeline.runtime import (
+    HandlerContext,
+    Handlers,
+    build_breakers,
+    build_monitor,
+    open_store,
+    recovery_settings,
+    resolve_handlers,
+)
 
 log = logging.getLogger("lifeline.api")
 
@@ -36,11 +48,10 @@ log = logging.getLogger("lifeline.api")
 def create_app(
     settings: Settings,
     *,
-    handlers: Mapping[str, Handler] | None = None,
+    handlers: Handlers | None = None,
     hashing: PasswordHashing | None = None,
 ) -> FastAPI:
     """A Lifeline service for ``settings``; ``handlers`` are the stage handlers its workers run."""
-    stage_handlers = dict(handlers or {})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +60,8 @@ def create_app(
         tasks: list[asyncio.Task[object]] = []
         worker: Worker | None = None
         recovery = RecoveryManager(store, recovery_settings(settings))
+        breakers = build_breakers(settings, store)
+        monitor = build_monitor(settings, store, breakers)
         try:
             secret = settings.auth_secret or load_or_create_secret(settings.data_dir / "auth-secret")
             accounts = Accounts(store, TokenIssuer(secret, settings.jwt_lifetime), hashing=hashing)
@@ -63,8 +76,18 @@ def create_app(
                     file=sys.stderr,
                     flush=True,
                 )
-            app.state.ctx = AppContext(settings=settings, store=store, accounts=accounts, recovery=recovery)
+            app.state.ctx = AppContext(
+                settings=settings,
+                store=store,
+                accounts=accounts,
+                recovery=recovery,
+                breakers=breakers,
+                health=monitor,
+            )
             tasks.append(asyncio.create_task(recovery.run(), name="recovery"))
+            if monitor is not None:
+                tasks.append(asyncio.create_task(monitor.run(), name="health"))
+            stage_handlers = resolve_handlers(handlers or {}, HandlerContext(settings, store, breakers))
             if stage_handlers and settings.workers_in_api:
                 worker = Worker(
                     store,
@@ -72,6 +95,7 @@ def create_app(
                     concurrency=settings.worker_concurrency,
                     poll_interval=settings.poll_interval,
                     shutdown_timeout=settings.shutdown_timeout,
+                    gate=breakers.gate,
                 )
                 tasks.append(asyncio.create_task(worker.run(), name="worker"))
             yield
@@ -79,6 +103,8 @@ def create_app(
             if worker is not None:
                 worker.stop()
             recovery.stop()
+            if monitor is not None:
+                monitor.stop()
             for task in tasks:
                 with contextlib.suppress(Exception):
                     await task
@@ -90,9 +116,10 @@ def create_app(
         description="Audio in, transcripts, memories and action items out; never loses a recording.",
         lifespan=lifespan,
     )
-    app.include_router(ops_router)
-    app.include_router(auth_router)
-    app.include_router(recovery_router)
+    # any route that reads or writes the store answers 503 when the store does not answer
+    app.include_router(ops_router, responses=errors(503))
+    app.include_router(auth_router, responses=errors(503))
+    app.include_router(recovery_router, responses=errors(503))
     _install_error_handlers(app)
     _install_request_log(app)
     return app
@@ -108,7 +135,25 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, handler(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(InvalidTransition, handler(status.HTTP_409_CONFLICT))
     app.add_exception_handler(Conflict, handler(status.HTTP_409_CONFLICT))
-    app.add_exception_handler(ValueError, handler(status.HTTP_422_UNPROCESSABLE_CONTENT))
+
+    async def value_error(_: Request, exc: Exception) -> Response:
+        # the body every route documents for 422: FastAPI's list of validation errors
+        error: dict[str, object] = {"type": "value_error", "loc": [], "msg": str(exc), "input": None}
+        return JSONResponse({"detail": [error]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    app.add_exception_handler(ValueError, value_error)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names only the methods of the first route whose path matched; a path
+            # served by several routes (GET and DELETE /jobs/{id}) must list them all
+            allowed = _allowed_methods(request.app, request.url.path)
+            if allowed:
+                exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
     async def store_error(_: Request, exc: Exception) -> Response:
         log.error("store error: %s", exc)
@@ -117,6 +162,23 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(StoreError, store_error)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI schema documents for ``path`` (a concrete path, not a template)."""
+    patterns: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allow_patterns", None)
+    if patterns is None:
+        patterns = []
+        for template, operations in app.openapi()["paths"].items():
+            regex = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+            patterns.append((re.compile(regex), sorted(m.upper() for m in operations)))
+        app.state.allow_patterns = patterns
+    # the most specific templates win: /circuit-breakers/reset-all over /circuit-breakers/{name}
+    matching = [
+        (pattern.pattern.count("[^/]+"), methods) for pattern, methods in patterns if pattern.fullmatch(path)
+    ]
+    fewest = min((params for params, _ in matching), default=0)
+    return sorted({m for params, methods in matching if params == fewest for m in methods})
 
 
 def _install_request_log(app: FastAPI) -> None:

@@ -10,15 +10,13 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from lifeline.accounts import TooManyAttempts
 from lifeline.api.deps import Ctx, CurrentUser, Session, Superuser
+from lifeline.api.responses import AUTHENTICATED, SUPERUSER, errors
 from lifeline.api.schemas import TokenOut, UserCreate, UserOut
 from lifeline.auth import AuthError
 
 router = APIRouter()
 
-_LOGIN_RESPONSES: dict[int | str, dict[str, object]] = {
-    400: {"description": "wrong credentials (one generic message)"},
-    429: {"description": "too many failed logins; see Retry-After"},
-}
+_LOGIN_RESPONSES = errors(400, 429, described={400: "wrong credentials (one generic message)"})
 
 
 @router.post("/auth/jwt/login", response_model=TokenOut, tags=["auth"], responses=_LOGIN_RESPONSES)
@@ -39,18 +37,28 @@ async def login(
     return TokenOut(access_token=token)
 
 
-@router.post("/auth/jwt/logout", status_code=status.HTTP_204_NO_CONTENT, tags=["auth"])
+@router.post(
+    "/auth/jwt/logout", status_code=status.HTTP_204_NO_CONTENT, tags=["auth"], responses=AUTHENTICATED
+)
 async def logout(ctx: Ctx, session: Session) -> Response:
     await ctx.accounts.logout(session[1])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/users/me", response_model=UserOut, tags=["users"])
+@router.get("/users/me", response_model=UserOut, tags=["users"], responses=AUTHENTICATED)
 async def me(user: CurrentUser) -> UserOut:
     return UserOut.of(user)
 
 
-@router.post("/api/users", response_model=UserOut, status_code=status.HTTP_201_CREATED, tags=["users"])
+@router.post(
+    "/api/users",
+    response_model=UserOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["users"],
+    responses=errors(
+        400, 401, 403, 409, described={400: "the body is not JSON", 409: "a user with this e-mail exists"}
+    ),
+)
 async def create_user(body: UserCreate, ctx: Ctx, _: Superuser) -> UserOut:
     user = await ctx.accounts.create_user(
         body.email, body.password, superuser=body.is_superuser, display_name=body.display_name
@@ -58,17 +66,22 @@ async def create_user(body: UserCreate, ctx: Ctx, _: Superuser) -> UserOut:
     return UserOut.of(user)
 
 
-@router.get("/api/users", response_model=list[UserOut], tags=["users"])
+@router.get("/api/users", response_model=list[UserOut], tags=["users"], responses=SUPERUSER)
 async def list_users(
     ctx: Ctx,
     _: Superuser,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> list[UserOut]:
     return [UserOut.of(u) for u in await ctx.store.list_users(limit=limit, offset=offset)]
 
 
-@router.delete("/api/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"])
+@router.delete(
+    "/api/users/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["users"],
+    responses=errors(401, 403, 404, 409, described={409: "you cannot delete yourself"}),
+)
 async def delete_user(user_id: str, ctx: Ctx, admin: Superuser) -> Response:
     if user_id == admin.id:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot delete yourself")

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from lifeline.api.deps import Ctx
 from lifeline.api.metrics import render_metrics
-from lifeline.api.schemas import HealthOut
+from lifeline.api.schemas import HealthOut, ReadinessOut
 from lifeline.api.services import breaker_list, health_summary
 from lifeline.domain import LifelineError
 
@@ -65,12 +65,16 @@ async def health(ctx: Ctx) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=code)
 
 
-@router.get("/readiness", responses={503: {"description": "the store does not answer"}})
+@router.get(
+    "/readiness",
+    response_model=ReadinessOut,
+    responses={503: {"model": ReadinessOut, "description": "the store does not answer"}},
+)
 async def readiness(ctx: Ctx) -> JSONResponse:
     database = await _database(ctx)
     ready = database["status"] == "healthy"
     return JSONResponse(
-        {"ready": ready},
+        ReadinessOut(ready=ready).model_dump(),
         status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,
     )
 

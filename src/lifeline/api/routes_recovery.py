@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Path, Query, status
 
 from lifeline.api.deps import Ctx, CurrentUser, Superuser
+from lifeline.api.responses import AUTHENTICATED, errors
 from lifeline.api.schemas import (
     ActionResultOut,
     CleanupOut,
@@ -30,11 +31,20 @@ from lifeline.api.services import breaker_list, breaker_one, health_check_now, h
 from lifeline.domain import Job, JobState, NotFound, Stage, User
 from lifeline.store.base import QueueStats
 
-router = APIRouter(prefix="/api/failure-recovery", tags=["failure-recovery"])
+router = APIRouter(prefix="/api/failure-recovery", tags=["failure-recovery"], responses=AUTHENTICATED)
 
 QUEUES = tuple(s.value for s in Stage)
-JobId = Annotated[int, Path(ge=1, le=2**62)]
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "unknown, or not yours"}}
+JobId = Annotated[int, Path(ge=1, le=2**62, examples=[1])]
+QueueName = Annotated[
+    str, Path(description="chunk, transcription, memory or action_item", examples=["transcription"])
+]
+AudioUuid = Annotated[str, Path(description="a recording", examples=["rec-1"])]
+ClientId = Annotated[str, Path(description="a recording device", examples=["phone-1"])]
+ServiceName = Annotated[str, Path(description="a monitored service", examples=["store"])]
+BreakerName = Annotated[str, Path(description="a circuit breaker", examples=["asr"])]
+_NOT_FOUND = errors(404)
+_ADMIN = errors(403)
+_ADMIN_NOT_FOUND = errors(403, 404)
 
 
 def _queue(name: str) -> str:
@@ -51,6 +61,8 @@ def _scope(user: User) -> str | None:
 
 async def _stats(ctx: Ctx, user: User) -> dict[str, QueueStats]:
     stats = await ctx.store.queue_stats(user_id=_scope(user))
+    if ctx.breakers is not None:  # a stage held back by an open breaker says so (blocked_by)
+        stats = await ctx.breakers.annotate(stats)
     return {q: s for q, s in stats.items() if q in QUEUES}
 
 
@@ -85,12 +97,12 @@ async def queue_stats(ctx: Ctx, user: CurrentUser) -> dict[str, QueueStatsOut]:
 
 
 @router.get("/queue-stats/{queue_type}", response_model=QueueStatsOut, responses=_NOT_FOUND)
-async def queue_stats_one(queue_type: str, ctx: Ctx, user: CurrentUser) -> QueueStatsOut:
+async def queue_stats_one(queue_type: QueueName, ctx: Ctx, user: CurrentUser) -> QueueStatsOut:
     return QueueStatsOut.of((await _stats(ctx, user))[_queue(queue_type)])
 
 
 @router.get("/pipeline-status/{audio_uuid}", response_model=PipelineStatusOut, responses=_NOT_FOUND)
-async def pipeline_status(audio_uuid: str, ctx: Ctx, user: CurrentUser) -> PipelineStatusOut:
+async def pipeline_status(audio_uuid: AudioUuid, ctx: Ctx, user: CurrentUser) -> PipelineStatusOut:
     try:
         report = await ctx.store.recording_status(audio_uuid)
     except NotFound:
@@ -101,7 +113,7 @@ async def pipeline_status(audio_uuid: str, ctx: Ctx, user: CurrentUser) -> Pipel
 
 
 @router.get("/client-stats/{client_id}", response_model=ClientStatsOut, responses=_NOT_FOUND)
-async def client_stats(client_id: str, ctx: Ctx, user: CurrentUser) -> ClientStatsOut:
+async def client_stats(client_id: ClientId, ctx: Ctx, user: CurrentUser) -> ClientStatsOut:
     counts = await ctx.store.client_stats(client_id, user_id=_scope(user))
     total = sum(counts.values())
     if total == 0:
@@ -115,9 +127,9 @@ async def recovery_stats(ctx: Ctx, user: CurrentUser) -> RecoveryStatsOut:
     return RecoveryStatsOut.of(await ctx.store.recovery_stats(user_id=scope), "own" if scope else "all")
 
 
-@router.post("/recovery/{queue_type}/trigger", response_model=RecoveryResultOut, responses=_NOT_FOUND)
+@router.post("/recovery/{queue_type}/trigger", response_model=RecoveryResultOut, responses=_ADMIN_NOT_FOUND)
 async def trigger_recovery(
-    queue_type: str,
+    queue_type: QueueName,
     ctx: Ctx,
     _: Superuser,
     item_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
@@ -145,12 +157,12 @@ async def health(ctx: Ctx, _: CurrentUser) -> dict[str, Any]:
 
 
 @router.get("/health/{service_name}", response_model=dict[str, Any], responses=_NOT_FOUND)
-async def health_service(service_name: str, ctx: Ctx, _: CurrentUser) -> dict[str, Any]:
+async def health_service(service_name: ServiceName, ctx: Ctx, _: CurrentUser) -> dict[str, Any]:
     return await health_one(ctx, service_name)
 
 
-@router.post("/health/{service_name}/check", response_model=dict[str, Any], responses=_NOT_FOUND)
-async def health_check(service_name: str, ctx: Ctx, _: Superuser) -> dict[str, Any]:
+@router.post("/health/{service_name}/check", response_model=dict[str, Any], responses=_ADMIN_NOT_FOUND)
+async def health_check(service_name: ServiceName, ctx: Ctx, _: Superuser) -> dict[str, Any]:
     return await health_check_now(ctx, service_name)
 
 
@@ -159,7 +171,7 @@ async def circuit_breakers(ctx: Ctx, _: CurrentUser) -> list[dict[str, Any]]:
     return await breaker_list(ctx)
 
 
-@router.post("/circuit-breakers/reset-all", response_model=ActionResultOut)
+@router.post("/circuit-breakers/reset-all", response_model=ActionResultOut, responses=_ADMIN)
 async def reset_all_breakers(ctx: Ctx, _: Superuser) -> ActionResultOut:
     if ctx.breakers is None:
         return ActionResultOut(message="no circuit breakers are configured", count=0)
@@ -168,12 +180,12 @@ async def reset_all_breakers(ctx: Ctx, _: Superuser) -> ActionResultOut:
 
 
 @router.get("/circuit-breakers/{name}", response_model=dict[str, Any], responses=_NOT_FOUND)
-async def circuit_breaker(name: str, ctx: Ctx, _: CurrentUser) -> dict[str, Any]:
+async def circuit_breaker(name: BreakerName, ctx: Ctx, _: CurrentUser) -> dict[str, Any]:
     return await breaker_one(ctx, name)
 
 
-@router.post("/circuit-breakers/{name}/reset", response_model=ActionResultOut, responses=_NOT_FOUND)
-async def reset_breaker(name: str, ctx: Ctx, _: Superuser) -> ActionResultOut:
+@router.post("/circuit-breakers/{name}/reset", response_model=ActionResultOut, responses=_ADMIN_NOT_FOUND)
+async def reset_breaker(name: BreakerName, ctx: Ctx, _: Superuser) -> ActionResultOut:
     await breaker_one(ctx, name)  # 404 for an unknown breaker
     assert ctx.breakers is not None
     await ctx.breakers.reset(name)
@@ -189,7 +201,7 @@ async def persistent_queues(ctx: Ctx, user: CurrentUser) -> dict[str, QueueStats
 
 
 @router.get("/persistent-queues/{queue_name}", response_model=PersistentQueueOut, responses=_NOT_FOUND)
-async def persistent_queue(queue_name: str, ctx: Ctx, user: CurrentUser) -> PersistentQueueOut:
+async def persistent_queue(queue_name: QueueName, ctx: Ctx, user: CurrentUser) -> PersistentQueueOut:
     queue = _queue(queue_name)
     stats = (await _stats(ctx, user))[queue]
     failures: list[Job] = []
@@ -200,9 +212,9 @@ async def persistent_queue(queue_name: str, ctx: Ctx, user: CurrentUser) -> Pers
     return PersistentQueueOut(**base, recent_failures=[JobOut.of(j) for j in failures[:20]])
 
 
-@router.get("/persistent-queues/{queue_name}/dead-letter", response_model=JobPage, responses=_NOT_FOUND)
+@router.get("/persistent-queues/{queue_name}/dead-letter", response_model=JobPage, responses=_ADMIN_NOT_FOUND)
 async def dead_letters(
-    queue_name: str,
+    queue_name: QueueName,
     ctx: Ctx,
     _: Superuser,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -217,9 +229,9 @@ async def dead_letters(
 @router.post(
     "/persistent-queues/{queue_name}/dead-letter/requeue-all",
     response_model=ActionResultOut,
-    responses=_NOT_FOUND,
+    responses=_ADMIN_NOT_FOUND,
 )
-async def requeue_all_dead_letters(queue_name: str, ctx: Ctx, _: Superuser) -> ActionResultOut:
+async def requeue_all_dead_letters(queue_name: QueueName, ctx: Ctx, _: Superuser) -> ActionResultOut:
     count = await ctx.store.requeue_dead_letters(_queue(queue_name))
     return ActionResultOut(message=f"{count} dead letters requeued", count=count)
 
@@ -227,10 +239,10 @@ async def requeue_all_dead_letters(queue_name: str, ctx: Ctx, _: Superuser) -> A
 @router.post(
     "/persistent-queues/{queue_name}/dead-letter/{message_id}/requeue",
     response_model=ActionResultOut,
-    responses={**_NOT_FOUND, 409: {"description": "not a dead letter"}},
+    responses=errors(403, 404, 409, described={409: "not a dead letter"}),
 )
 async def requeue_dead_letter(
-    queue_name: str,
+    queue_name: QueueName,
     message_id: JobId,
     ctx: Ctx,
     admin: Superuser,
@@ -248,9 +260,11 @@ async def requeue_dead_letter(
     return ActionResultOut(message=f"job {message_id} requeued")
 
 
-@router.post("/persistent-queues/{queue_name}/pause", response_model=ActionResultOut, responses=_NOT_FOUND)
+@router.post(
+    "/persistent-queues/{queue_name}/pause", response_model=ActionResultOut, responses=_ADMIN_NOT_FOUND
+)
 async def pause_queue(
-    queue_name: str,
+    queue_name: QueueName,
     ctx: Ctx,
     _: Superuser,
     reason: Annotated[str | None, Query(max_length=200)] = None,
@@ -259,13 +273,15 @@ async def pause_queue(
     return ActionResultOut(message=f"{queue_name} paused")
 
 
-@router.post("/persistent-queues/{queue_name}/resume", response_model=ActionResultOut, responses=_NOT_FOUND)
-async def resume_queue(queue_name: str, ctx: Ctx, _: Superuser) -> ActionResultOut:
+@router.post(
+    "/persistent-queues/{queue_name}/resume", response_model=ActionResultOut, responses=_ADMIN_NOT_FOUND
+)
+async def resume_queue(queue_name: QueueName, ctx: Ctx, _: Superuser) -> ActionResultOut:
     await ctx.store.resume(_queue(queue_name))
     return ActionResultOut(message=f"{queue_name} resumed")
 
 
-@router.post("/maintenance/cleanup", response_model=CleanupOut)
+@router.post("/maintenance/cleanup", response_model=CleanupOut, responses=_ADMIN)
 async def cleanup(
     ctx: Ctx,
     _: Superuser,
@@ -292,14 +308,12 @@ async def cleanup(
 async def list_jobs(
     ctx: Ctx,
     user: CurrentUser,
-    queue: Annotated[str | None, Query()] = None,
+    queue: Annotated[Stage | None, Query()] = None,
     state: Annotated[JobState | None, Query()] = None,
     recording_id: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> JobPage:
-    if queue is not None:
-        _queue(queue)
     jobs = await ctx.store.list_jobs(
         queue=queue, state=state, recording_id=recording_id, user_id=_scope(user), limit=limit, offset=offset
     )
@@ -315,7 +329,7 @@ async def get_job(job_id: JobId, ctx: Ctx, user: CurrentUser) -> JobDetailOut:
 @router.delete(
     "/jobs/{job_id}",
     response_model=ActionResultOut,
-    responses={**_NOT_FOUND, 409: {"description": "finished"}},
+    responses=errors(404, 409, described={409: "finished"}),
 )
 async def cancel_job(job_id: JobId, ctx: Ctx, user: CurrentUser) -> ActionResultOut:
     await _owned_job(ctx, user, job_id)
@@ -326,7 +340,7 @@ async def cancel_job(job_id: JobId, ctx: Ctx, user: CurrentUser) -> ActionResult
 @router.post(
     "/jobs/{job_id}/retry",
     response_model=ActionResultOut,
-    responses={**_NOT_FOUND, 409: {"description": "not retryable"}},
+    responses=errors(400, 404, 409, described={400: "the body is not JSON", 409: "not retryable"}),
 )
 async def retry_job(
     job_id: JobId,

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from lifeline.domain import Attempt, Job, JobInfo, JobState, RecordingStatus, User
 from lifeline.store.base import QueueStats, RecordingReport, RecoveryStats
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response except 422 (whose body is FastAPI's validation error)."""
+
+    detail: str
+
+
+class ReadinessOut(BaseModel):
+    ready: bool
 
 
 class TokenOut(BaseModel):
@@ -35,8 +45,16 @@ class UserOut(BaseModel):
         )
 
 
+# no "@", control characters or whitespace on either side of one "@"; spelled out rather than
+# with \s, which means different characters to Python, to pydantic's Rust regex and to JSON Schema
+_EMAIL_CHAR = r"[^@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+EMAIL_PATTERN = rf"^{_EMAIL_CHAR}+@{_EMAIL_CHAR}+$"
+
+
 class UserCreate(BaseModel):
-    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    model_config = ConfigDict(strict=True)  # no "0" or 0 for false: the schema says boolean
+
+    email: str = Field(min_length=3, max_length=254, pattern=EMAIL_PATTERN)
     password: str = Field(min_length=8, max_length=1024)
     display_name: str | None = Field(default=None, max_length=200)
     is_superuser: bool = False
@@ -128,6 +146,7 @@ class QueueStatsOut(BaseModel):
     pause_reason: str | None
     completed_last_minute: int
     completed_last_5_minutes: int
+    blocked_by: str | None = None  # not claimed because a breaker its stage needs is open
 
     @classmethod
     def of(cls, q: QueueStats) -> QueueStatsOut:
@@ -140,6 +159,7 @@ class QueueStatsOut(BaseModel):
             pause_reason=q.pause_reason,
             completed_last_minute=q.completed_last_minute,
             completed_last_5_minutes=q.completed_last_5_minutes,
+            blocked_by=q.blocked_by,
         )
 
 

@@ -27,6 +27,7 @@ from lifeline.domain import (
     NextJob,
     Output,
     PermanentError,
+    StoreError,
     TransientError,
 )
 from lifeline.store.base import Store
@@ -136,9 +137,23 @@ class Worker:
 
     # -- claiming -------------------------------------------------------------------------------
     async def _claim_loop(self, burst: bool) -> None:
+        failures = 0
         while not self._stopping.is_set():
             free = self.concurrency - len(self._inflight)
-            claimed = await self._claim(free) if free > 0 else 0
+            try:
+                claimed = await self._claim(free) if free > 0 else 0
+            except StoreError as exc:
+                # the database is unreachable (a restart, a failover): in-flight jobs go on, and
+                # claiming resumes once it answers again; a burst run reports it instead
+                if burst:
+                    raise
+                failures += 1
+                delay = min(30.0, self.poll_interval * 2 ** min(failures - 1, 8))
+                log.warning("claiming failed (%s); trying again in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            failures = 0
             if claimed:
                 continue
             if burst and not self._inflight:
@@ -219,6 +234,10 @@ class Worker:
         except LeaseLost:
             self.stats.lost += 1
             log.warning("job %s: lease lost before its result was recorded; the result is discarded", job.id)
+        except StoreError as exc:
+            # not recorded: the job stays processing until its lease expires (or this worker is
+            # known to be gone), and the recovery manager hands it out again
+            log.error("job %s: its result could not be recorded (%s); it will be recovered", job.id, exc)
 
     async def _fail(self, job: Job, reason: str) -> None:
         state = await self.store.fail(job, reason)

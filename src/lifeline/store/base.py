@@ -7,11 +7,12 @@ SQL to itself, and the conformance suite in ``tests/conformance`` runs the same 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
+from lifeline.breakers import BreakerChange, BreakerRecord, Transition
 from lifeline.domain import (
     JSON,
     Job,
@@ -22,7 +23,10 @@ from lifeline.domain import (
     RecordingStatus,
     User,
 )
+from lifeline.health import HealthCheck, HealthEvent, ServiceHealth
 from lifeline.queue.policy import RetryPolicy
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,9 @@ class QueueStats:
     pause_reason: str | None
     completed_last_minute: int
     completed_last_5_minutes: int
+    # why workers do not claim the queue although it is not paused: a breaker its stage needs is
+    # open (filled in by ``CircuitBreakers.annotate``; the store itself leaves it None)
+    blocked_by: str | None = None
 
     @property
     def total(self) -> int:
@@ -353,6 +360,50 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def wait_for_jobs(self, queues: Sequence[str], timeout: float) -> None:  # noqa: ASYNC109
         """Return when a job may have arrived on one of the queues, or after ``timeout``."""
+
+    # -- breakers and health --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def breaker_apply(
+        self, name: str, fn: Callable[[BreakerRecord | None], BreakerChange[T]], *, keep_events: int = 200
+    ) -> T:
+        """Change breaker ``name`` atomically for the whole fleet, and return ``fn``'s result.
+
+        In one write transaction: load the row (``None`` if there is none), call ``fn`` (pure, see
+        :mod:`lifeline.breakers`), write the record it returns (only if it changed), append its
+        transition to the history (the newest ``keep_events`` per breaker are kept).
+        """
+
+    @abc.abstractmethod
+    async def list_breakers(self) -> list[BreakerRecord]:
+        """Every breaker that has a row, by name."""
+
+    @abc.abstractmethod
+    async def breaker_events(self, name: str | None = None, *, limit: int = 50) -> list[Transition]:
+        """Breaker transitions, newest first (of one breaker, or of all)."""
+
+    @abc.abstractmethod
+    async def record_health(self, check: HealthCheck, *, keep: int = 200) -> HealthEvent | None:
+        """Keep one health check and update the service's state in one transaction.
+
+        Returns the transition when the service's status changed. The newest ``keep`` checks and
+        ``keep`` transitions of each service are kept.
+        """
+
+    @abc.abstractmethod
+    async def health_states(self) -> list[ServiceHealth]:
+        """Each checked service's state, with p50/p95 response times over its kept checks."""
+
+    @abc.abstractmethod
+    async def health_history(self, service: str, *, limit: int = 50) -> list[HealthCheck]:
+        """The service's latest checks, newest first."""
+
+    @abc.abstractmethod
+    async def health_events(self, service: str | None = None, *, limit: int = 50) -> list[HealthEvent]:
+        """Health transitions, newest first (of one service, or of all)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """A read and a durable write: the store's own health check. Raises if either fails."""
 
     # -- users, tokens, logins and metrics --------------------------------------------------------
     @abc.abstractmethod

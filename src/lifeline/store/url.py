@@ -1,4 +1,11 @@
-"""Database URLs: ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``?synchronous=normal``."""
+"""Database URLs and ``lifeline.connect``.
+
+- ``sqlite:///relative.db``, ``sqlite:////absolute.db``, optional ``?synchronous=normal``: the
+  embedded store, one file.
+- ``postgresql://user:password@host:5432/dbname`` (or ``postgres://``), with any libpq option as
+  a query parameter (``?sslmode=require``, ``?host=/run/postgresql`` for a socket): the shared
+  store for many processes on many hosts. Needs the ``postgres`` extra (psycopg 3).
+"""
 
 from __future__ import annotations
 
@@ -7,25 +14,37 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from lifeline.domain import ConfigError
 from lifeline.queue.policy import RetryPolicy
 from lifeline.store.base import Store
 from lifeline.store.sqlite_engine import Synchronous
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
 
 @dataclass(frozen=True, slots=True)
 class DatabaseURL:
     scheme: str
-    path: Path
+    path: Path | None  # the SQLite file; None for PostgreSQL
     synchronous: Synchronous | None
+    conninfo: str | None = None  # the libpq URL, for PostgreSQL
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.scheme in POSTGRES_SCHEMES
 
 
 def parse_database_url(url: str) -> DatabaseURL:
     parts = urlsplit(url)
+    if parts.scheme in POSTGRES_SCHEMES:
+        return _parse_postgres(url)
     if parts.scheme != "sqlite":
-        raise ConfigError(f"unsupported database URL scheme {parts.scheme!r} (expected sqlite:///path)")
+        raise ConfigError(
+            f"unsupported database URL scheme {parts.scheme!r}"
+            " (expected sqlite:///path or postgresql://user@host/dbname)"
+        )
     raw = parts.path
     if parts.netloc:
         raise ConfigError(
@@ -48,6 +67,32 @@ def parse_database_url(url: str) -> DatabaseURL:
     return DatabaseURL(parts.scheme, path, sync)
 
 
+def _parse_postgres(url: str) -> DatabaseURL:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if "synchronous" in query:
+        raise ConfigError(
+            "synchronous is a SQLite option; on PostgreSQL durability is the server's synchronous_commit"
+        )
+    if not parts.netloc and "host" not in query:
+        raise ConfigError("a postgresql URL needs a host: postgresql://user:password@host:5432/dbname")
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"bad port in the database URL: {exc}") from None
+    return DatabaseURL(parts.scheme, None, None, conninfo=url)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and banners."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def connect(
     url: str,
     *,
@@ -61,10 +106,24 @@ def connect(
 
     ``synchronous`` (argument, else the URL's ``?synchronous=``, else ``full``): ``full`` survives
     power loss; ``normal`` survives a killed process but may lose the last commits on power loss.
+    It applies to SQLite only; a PostgreSQL server's durability is its own ``synchronous_commit``.
     """
+    parsed = parse_database_url(url)
+    if parsed.is_postgres:
+        try:
+            from lifeline.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"a postgresql:// URL needs psycopg: pip install 'lifeline[postgres]' ({exc})"
+            ) from exc
+        assert parsed.conninfo is not None
+        return PostgresStore(
+            parsed.conninfo, policies=policies, default_policy=default_policy, clock=clock, rng=rng
+        )
+
     from lifeline.store.sqlite import SQLiteStore
 
-    parsed = parse_database_url(url)
+    assert parsed.path is not None
     level: Synchronous = synchronous or parsed.synchronous or "full"
     return SQLiteStore(
         parsed.path,
