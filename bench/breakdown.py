@@ -59,9 +59,9 @@ _COMPLETE = (
 # One thing changed at a time, applied to a fresh database with lifeline's schema.
 VARIANTS: dict[str, list[str]] = {
     "lifeline schema and pragmas (as shipped)": [],
-    "without index jobs_queue_state": ["DROP INDEX jobs_queue_state"],
+    "without index jobs_finished": ["DROP INDEX jobs_finished"],
     "without index jobs_leased": ["DROP INDEX jobs_leased"],
-    "PRAGMA wal_autocheckpoint=10000": ["PRAGMA wal_autocheckpoint=10000"],
+    "PRAGMA wal_autocheckpoint=0 (as the writer runs it)": ["PRAGMA wal_autocheckpoint=0"],
 }
 
 
