@@ -33,6 +33,7 @@ from lifeline.runtime import (
     run_workers,
 )
 from lifeline.store.base import Store
+from lifeline.store.url import redact
 
 T = TypeVar("T")
 
@@ -168,7 +169,7 @@ def serve(
     application = create_app(settings, handlers=handlers)
     err_console.print(
         f"lifeline: http://{host or settings.host}:{port or settings.port}"
-        f"  store {settings.database_url} (synchronous={settings.sqlite_synchronous})"
+        f"  store {redact(settings.database_url)} (synchronous={settings.sqlite_synchronous})"
     )
     uvicorn.run(
         application,

@@ -10,6 +10,7 @@ from conformance.backends import NEXT, OTHER, POLICY, QUEUE
 from conformance.helpers import claim_one
 from fakes import FakeClock
 from lifeline import JobState, LifelineError, NextJob, NotFound, RecordingStatus, Store
+from lifeline.domain import Conflict
 
 
 async def test_an_unknown_recording_is_not_found_never_completed(store: Store) -> None:
@@ -141,3 +142,9 @@ async def test_every_job_of_a_stage_counts(store: Store) -> None:
     assert [info.job.state for info in report.stages[QUEUE].jobs] == [JobState.COMPLETED, JobState.PENDING]
     assert report.stages[QUEUE].state is JobState.PENDING  # the newest job of the stage
     assert report.status is RecordingStatus.PENDING
+
+
+async def test_a_recording_id_is_taken_once(store: Store) -> None:
+    await store.add_recording("twice")
+    with pytest.raises(Conflict):
+        await store.add_recording("twice")

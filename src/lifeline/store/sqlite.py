@@ -23,6 +23,7 @@ from lifeline.domain import (
     JSON,
     Attempt,
     AttemptOutcome,
+    Conflict,
     InvalidTransition,
     Job,
     JobInfo,
@@ -783,10 +784,13 @@ class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
         )
 
         def op(conn: sqlite3.Connection) -> int | None:
-            conn.execute(
-                "INSERT INTO recordings (audio_uuid, user_id, client_id, created_at) VALUES (?, ?, ?, ?)",
-                (audio_uuid, user_id, client_id, now),
-            )
+            try:
+                conn.execute(
+                    "INSERT INTO recordings (audio_uuid, user_id, client_id, created_at) VALUES (?, ?, ?, ?)",
+                    (audio_uuid, user_id, client_id, now),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"recording {audio_uuid} already exists") from None
             return None if first is None else _insert_job(conn, first, first[8])
 
         notify = () if first_job is None else (first_job.queue,)
