@@ -7,10 +7,11 @@ SQL to itself, and the conformance suite in ``tests/conformance`` runs the same 
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from lifeline.breakers import BreakerChange, BreakerRecord, Transition
 from lifeline.domain import (
@@ -27,6 +28,11 @@ from lifeline.health import HealthCheck, HealthEvent, ServiceHealth
 from lifeline.queue.policy import RetryPolicy
 
 T = TypeVar("T")
+
+
+def dumps_json(value: Any) -> str:
+    """JSON as every store writes it: compact, UTF-8 kept as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,56 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def policy(self, queue: str) -> RetryPolicy:
         """The retry policy (attempts, backoff, lease) of ``queue``."""
+
+    # -- rows shared by every implementation ------------------------------------------------------
+    def _job_values(
+        self,
+        queue: str,
+        payload: JSON,
+        *,
+        priority: int,
+        delay: float,
+        max_attempts: int | None,
+        recording_id: str | None,
+        user_id: str | None,
+        client_id: str | None,
+        idempotency_key: str | None,
+        now: float,
+    ) -> tuple[Any, ...]:
+        """A new job's column values, in the order of the stores' ``INSERT INTO jobs``."""
+        if max_attempts is None:
+            max_attempts = self.policy(queue).max_attempts
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        return (
+            queue,
+            int(priority),
+            now + max(0.0, delay),
+            dumps_json(payload),
+            max_attempts,
+            recording_id,
+            user_id,
+            client_id,
+            idempotency_key,
+            now,
+            now,
+        )
+
+    def _next_job_values(self, item: tuple[str, JSON] | NextJob, parent: Job, now: float) -> tuple[Any, ...]:
+        """A next stage's job: it belongs to the same recording, user and client as its parent."""
+        nxt = item if isinstance(item, NextJob) else NextJob(item[0], item[1])
+        return self._job_values(
+            nxt.queue,
+            nxt.payload,
+            priority=nxt.priority,
+            delay=nxt.delay,
+            max_attempts=None,
+            recording_id=parent.recording_id,
+            user_id=parent.user_id,
+            client_id=parent.client_id,
+            idempotency_key=nxt.idempotency_key,
+            now=now,
+        )
 
     @abc.abstractmethod
     async def open(self) -> None:

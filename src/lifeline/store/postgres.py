@@ -60,6 +60,7 @@ from lifeline.store.base import (
     Store,
     StoredOutput,
     WorkerRecord,
+    dumps_json,
 )
 from lifeline.store.postgres_engine import (
     Connection,
@@ -197,8 +198,7 @@ SELECT {_J_COLUMNS}, a.worker_id
 """
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+_dumps = dumps_json
 
 
 def _float(value: Any) -> float | None:
@@ -410,38 +410,6 @@ class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, Store):
         await self._listener.ready.wait()
 
     # -- producing ------------------------------------------------------------------------------
-    def _job_values(
-        self,
-        queue: str,
-        payload: JSON,
-        *,
-        priority: int,
-        delay: float,
-        max_attempts: int | None,
-        recording_id: str | None,
-        user_id: str | None,
-        client_id: str | None,
-        idempotency_key: str | None,
-        now: float,
-    ) -> tuple[Any, ...]:
-        if max_attempts is None:
-            max_attempts = self.policy(queue).max_attempts
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        return (
-            queue,
-            int(priority),
-            now + max(0.0, delay),
-            _dumps(payload),
-            max_attempts,
-            recording_id,
-            user_id,
-            client_id,
-            idempotency_key,
-            now,
-            now,
-        )
-
     async def enqueue(
         self,
         queue: str,
@@ -515,21 +483,6 @@ class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, Store):
 
         ids: list[int] = await self._write(op)
         return ids
-
-    def _next_job_values(self, item: tuple[str, JSON] | NextJob, parent: Job, now: float) -> tuple[Any, ...]:
-        nxt = item if isinstance(item, NextJob) else NextJob(item[0], item[1])
-        return self._job_values(
-            nxt.queue,
-            nxt.payload,
-            priority=nxt.priority,
-            delay=nxt.delay,
-            max_attempts=None,
-            recording_id=parent.recording_id,
-            user_id=parent.user_id,
-            client_id=parent.client_id,
-            idempotency_key=nxt.idempotency_key,
-            now=now,
-        )
 
     # -- consuming ------------------------------------------------------------------------------
     async def claim(self, queue: str, *, worker_id: str, lease: float | None = None) -> Job | None:

@@ -49,6 +49,7 @@ from lifeline.store.base import (
     Store,
     StoredOutput,
     WorkerRecord,
+    dumps_json,
 )
 from lifeline.store.sqlite_engine import Checkpointer, ReaderPool, Synchronous, WriterThread, open_connection
 from lifeline.store.sqlite_health import SQLiteHealthMixin
@@ -103,8 +104,7 @@ def _in(states: Iterable[JobState]) -> str:
     return ", ".join(f"'{s.value}'" for s in states)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+_dumps = dumps_json
 
 
 def _float(value: Any) -> float | None:
@@ -256,38 +256,6 @@ class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
         return (self._writer.batches, self._writer.operations)
 
     # -- producing ------------------------------------------------------------------------------
-    def _job_values(
-        self,
-        queue: str,
-        payload: JSON,
-        *,
-        priority: int,
-        delay: float,
-        max_attempts: int | None,
-        recording_id: str | None,
-        user_id: str | None,
-        client_id: str | None,
-        idempotency_key: str | None,
-        now: float,
-    ) -> tuple[Any, ...]:
-        if max_attempts is None:
-            max_attempts = self.policy(queue).max_attempts
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        return (
-            queue,
-            int(priority),
-            now + max(0.0, delay),
-            _dumps(payload),
-            max_attempts,
-            recording_id,
-            user_id,
-            client_id,
-            idempotency_key,
-            now,
-            now,
-        )
-
     async def enqueue(
         self,
         queue: str,
@@ -355,21 +323,6 @@ class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
 
         ids: list[int] = await self._write(op, (queue,))
         return ids
-
-    def _next_job_values(self, item: tuple[str, JSON] | NextJob, parent: Job, now: float) -> tuple[Any, ...]:
-        nxt = item if isinstance(item, NextJob) else NextJob(item[0], item[1])
-        return self._job_values(
-            nxt.queue,
-            nxt.payload,
-            priority=nxt.priority,
-            delay=nxt.delay,
-            max_attempts=None,
-            recording_id=parent.recording_id,
-            user_id=parent.user_id,
-            client_id=parent.client_id,
-            idempotency_key=nxt.idempotency_key,
-            now=now,
-        )
 
     # -- consuming ------------------------------------------------------------------------------
     async def claim(self, queue: str, *, worker_id: str, lease: float | None = None) -> Job | None:
