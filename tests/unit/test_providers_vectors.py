@@ -1,0 +1,146 @@
+"""The Qdrant client against a loopback Qdrant: collection created on first use, deterministic point
+ids (a re-run replaces), search within one user, delete by recording, and faults mapped."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from lifeline.domain import PermanentError, TransientError
+from lifeline.providers._http import ServiceError, ServiceRejected
+from lifeline.providers.vectors import QdrantVectors, VectorPoint, point_id
+from peers.qdrant import QdrantAPI
+from peers.server import Fault, HTTPError, HTTPPeer, Request, Response
+
+
+class IndexingQdrant(QdrantAPI):
+    """The shared Qdrant peer plus ``PUT /collections/{name}/index`` (payload indexes), as Qdrant has it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.indexes: dict[str, dict[str, str]] = {}
+        self.route("PUT", "/collections/{name}/index", self._create_index)
+
+    def _create_index(self, request: Request, name: str) -> Response:
+        self._collection(name)
+        body = self._body(request)
+        if not isinstance(body.get("field_name"), str):
+            raise HTTPError(400, "Format error in JSON body: missing field `field_name`")
+        self.indexes.setdefault(name, {})[body["field_name"]] = str(body.get("field_schema"))
+        return self._operation_result()
+
+
+@pytest.fixture
+def qdrant_server() -> Iterator[HTTPPeer]:
+    with HTTPPeer(IndexingQdrant()) as peer:
+        yield peer
+
+
+def point(recording: str, index: int, user: str, vector: list[float], text: str = "") -> VectorPoint:
+    return VectorPoint(recording, index, user, vector, text or f"{recording}/{index}", {"category": "fact"})
+
+
+def test_point_ids_are_deterministic_uuids() -> None:
+    assert point_id("rec-1", 0) == point_id("rec-1", 0)
+    assert point_id("rec-1", 0) != point_id("rec-1", 1) != point_id("rec-2", 0)
+    assert uuid.UUID(point_id("rec-1", 0)).version == 5
+    assert point("rec-1", 3, "u", [1.0]).id == point_id("rec-1", 3)
+    # pinned: a changed scheme would orphan every point already stored
+    assert point_id("rec-1", 0) == "2018bb80-8b1c-5c01-a69b-2a1d3430f1ee"
+
+
+async def test_upsert_search_and_delete(qdrant_server: HTTPPeer) -> None:
+    qdrant: dict = qdrant_server.api.collections  # type: ignore[attr-defined]
+    async with QdrantVectors(url=qdrant_server.url, collection="memories") as store:
+        assert await store.search([1.0, 0.0, 0.0], "alice") == []  # no collection yet: nothing found
+        await store.delete_recording("rec-1")  # nor anything to delete
+
+        await store.upsert(
+            [
+                point("rec-1", 0, "alice", [1.0, 0.0, 0.0], "User loves hiking"),
+                point("rec-1", 1, "alice", [0.0, 1.0, 0.0], "User's sister lives in Berlin"),
+                point("rec-2", 0, "bob", [1.0, 0.1, 0.0], "User loves climbing"),
+            ]
+        )
+        assert qdrant["memories"]["size"] == 3
+        assert qdrant["memories"]["distance"] == "Cosine"
+
+        hits = await store.search([0.9, 0.1, 0.0], "alice", limit=5)
+        assert [(h.recording_id, h.index, h.text) for h in hits] == [
+            ("rec-1", 0, "User loves hiking"),
+            ("rec-1", 1, "User's sister lives in Berlin"),
+        ]
+        assert hits[0].score > hits[1].score
+        assert hits[0].payload["category"] == "fact"
+        assert hits[0].payload["user_id"] == "alice"
+
+        # a re-run of the memory job writes the same ids: replaced, not duplicated
+        await store.upsert([point("rec-1", 0, "alice", [1.0, 0.0, 0.0], "User loves long hikes")])
+        assert len(qdrant["memories"]["points"]) == 3
+        hits = await store.search([1.0, 0.0, 0.0], "alice", limit=1)
+        assert hits[0].text == "User loves long hikes"
+
+        await store.delete_recording("rec-1")
+        assert await store.search([1.0, 0.0, 0.0], "alice") == []
+        assert [h.recording_id for h in await store.search([1.0, 0.0, 0.0], "bob")] == ["rec-2"]
+        await store.upsert([])
+
+    creates = qdrant_server.requests_to("/collections/memories", "PUT")
+    assert len(creates) == 1  # created once, on first write
+    indexes = [
+        r.json()["field_name"] for r in qdrant_server.requests_to("/collections/memories/index", "PUT")
+    ]
+    assert indexes == ["user_id", "recording_id"]
+
+
+async def test_an_existing_collection_is_reused_and_its_dimension_checked(qdrant_server: HTTPPeer) -> None:
+    async with QdrantVectors(url=qdrant_server.url) as first:
+        await first.upsert([point("r", 0, "u", [1.0, 0.0])])
+    async with QdrantVectors(url=qdrant_server.url) as second:
+        await second.upsert([point("r", 1, "u", [0.0, 1.0])])
+        with pytest.raises(ServiceRejected, match="holds 2-dimensional vectors; these have 3") as caught:
+            await second.upsert([point("r", 2, "u", [0.0, 1.0, 0.0])])
+        with pytest.raises(ValueError, match="differing dimensions"):
+            await second.upsert([point("r", 3, "u", [1.0]), point("r", 4, "u", [1.0, 0.0])])
+    assert isinstance(caught.value, PermanentError)
+    assert len(qdrant_server.requests_to("/collections/lifeline_memories", "PUT")) == 1
+
+
+async def test_the_api_key_header(qdrant_server: HTTPPeer) -> None:
+    async with QdrantVectors(url=qdrant_server.url, api_key="secret") as store:
+        await store.search([1.0], "u")
+    assert qdrant_server.requests[0].headers["api-key"] == "secret"
+
+
+FAULTS = [
+    (Fault.REFUSE, ServiceError, "cannot reach"),
+    (Fault.HANG, ServiceError, "no answer in time"),
+    (Fault.ERROR_500, ServiceError, "HTTP 500"),
+    (Fault.RATE_LIMIT, ServiceError, "HTTP 429"),
+    (Fault.BAD_REQUEST, ServiceRejected, "HTTP 400"),
+]
+
+
+@pytest.mark.parametrize(("fault", "error", "message"), FAULTS, ids=[f.value for f, _, _ in FAULTS])
+@pytest.mark.parametrize("operation", ["upsert", "search", "delete"])
+async def test_faults(
+    qdrant_server: HTTPPeer, fault: Fault, error: type[Exception], message: str, operation: str
+) -> None:
+    async with QdrantVectors(url=qdrant_server.url, timeout_seconds=0.5) as store:
+        await store.upsert([point("r", 0, "u", [1.0, 0.0])])
+        call = {
+            "upsert": lambda: store.upsert([point("r", 1, "u", [0.0, 1.0])]),
+            "search": lambda: store.search([1.0, 0.0], "u"),
+            "delete": lambda: store.delete_recording("r"),
+        }[operation]
+        qdrant_server.set_fault(fault)
+        try:
+            with pytest.raises(error, match=message) as caught:
+                await call()
+        finally:
+            qdrant_server.ok()
+        assert isinstance(caught.value, TransientError) is (fault is not Fault.BAD_REQUEST)
+        assert caught.value.service == "vectors"  # type: ignore[attr-defined]
+        assert len(await store.search([1.0, 0.0], "u")) == 1  # and it works again
