@@ -16,6 +16,7 @@ later with backoff and dead-letters it, with the reason, once its attempts are s
 
 from __future__ import annotations
 
+import abc
 import enum
 import json
 import re
@@ -675,7 +676,7 @@ def parse_llm_json(content: str, model: type[_Out], key: str) -> _Out:
         raise ValueError(f"JSON does not match the schema: {where}: {first.get('msg')}") from e
 
 
-class _LLMExtractor(HttpProvider):
+class _LLMExtractor(HttpProvider, abc.ABC):
     """Shared by the LLM clients: prompts, validation, and the bounded retry of malformed answers."""
 
     name = "llm"
@@ -699,8 +700,9 @@ class _LLMExtractor(HttpProvider):
         self.api_key = api_key
         self.max_attempts = max_attempts
 
+    @abc.abstractmethod
     async def _chat(self, messages: list[dict[str, str]]) -> str:
-        raise NotImplementedError
+        """One chat round trip; each server speaks its own API."""
 
     async def _ask(self, system: str, user: str, model: type[_Out], key: str) -> _Out:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
