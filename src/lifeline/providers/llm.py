@@ -681,12 +681,14 @@ class _LLMExtractor(HttpProvider, abc.ABC):
 
     name = "llm"
     service = "llm"
+    default_url: str
+    default_model: str
 
     def __init__(
         self,
         *,
-        url: str,
-        model: str,
+        url: str | None = None,
+        model: str | None = None,
         api_key: str | None = None,
         timeout_seconds: float = LLM_TIMEOUT,
         max_attempts: int = 3,
@@ -695,8 +697,8 @@ class _LLMExtractor(HttpProvider, abc.ABC):
         super().__init__(timeout_seconds=timeout_seconds, client=client)
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        self.url = base_url(url)
-        self.model = model
+        self.url = base_url(url or self.default_url)
+        self.model = model or self.default_model
         self.api_key = api_key
         self.max_attempts = max_attempts
 
@@ -770,25 +772,8 @@ class OllamaExtractor(_LLMExtractor):
     """An Ollama server: ``POST {url}/api/chat`` with ``format: json`` and temperature 0."""
 
     name = "ollama"
-
-    def __init__(
-        self,
-        *,
-        url: str = "http://localhost:11434",
-        model: str = "llama3.2",
-        api_key: str | None = None,
-        timeout_seconds: float = LLM_TIMEOUT,
-        max_attempts: int = 3,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(
-            url=url,
-            model=model,
-            api_key=api_key,
-            timeout_seconds=timeout_seconds,
-            max_attempts=max_attempts,
-            client=client,
-        )
+    default_url = "http://localhost:11434"
+    default_model = "llama3.2"
 
     async def _chat(self, messages: list[dict[str, str]]) -> str:
         response = await request(
@@ -827,25 +812,8 @@ class OpenAIExtractor(_LLMExtractor):
     """An OpenAI-compatible server: ``POST {url}/v1/chat/completions`` in JSON mode, temperature 0."""
 
     name = "openai"
-
-    def __init__(
-        self,
-        *,
-        url: str = "https://api.openai.com",
-        model: str = "gpt-4o-mini",
-        api_key: str | None = None,
-        timeout_seconds: float = LLM_TIMEOUT,
-        max_attempts: int = 3,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(
-            url=url,
-            model=model,
-            api_key=api_key,
-            timeout_seconds=timeout_seconds,
-            max_attempts=max_attempts,
-            client=client,
-        )
+    default_url = "https://api.openai.com"
+    default_model = "gpt-4o-mini"
 
     async def _chat(self, messages: list[dict[str, str]]) -> str:
         response = await request(
