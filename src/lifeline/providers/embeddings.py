@@ -277,25 +277,36 @@ class _OllamaEmbed(BaseModel):
     embeddings: list[list[float]]
 
 
-class OllamaEmbedder(HttpProvider):
-    """Ollama: ``POST {url}/api/embed`` with ``input`` a list of texts."""
+class _HttpEmbedder(HttpProvider):
+    """Shared by the embedding servers: where they are, which model, which key."""
 
-    name = "ollama"
     service = "embeddings"
+    default_url: str
+    default_model: str
 
     def __init__(
         self,
         *,
-        url: str = "http://localhost:11434",
-        model: str = "all-minilm",
+        url: str | None = None,
+        model: str | None = None,
         api_key: str | None = None,
         timeout_seconds: float = EMBED_TIMEOUT,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(timeout_seconds=timeout_seconds, client=client)
-        self.url = base_url(url)
-        self.model = model
+        self.url = base_url(url or self.default_url)
+        self.model = model or self.default_model
         self.api_key = api_key
+
+
+class OllamaEmbedder(_HttpEmbedder):
+    """Ollama: ``POST {url}/api/embed`` with ``input`` a list of texts."""
+
+    name = "ollama"
+    service = "embeddings"
+
+    default_url = "http://localhost:11434"
+    default_model = "all-minilm"
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         if not texts:
@@ -326,25 +337,14 @@ class _OpenAIEmbeddings(BaseModel):
     data: list[_OpenAIEmbedding]
 
 
-class OpenAIEmbedder(HttpProvider):
+class OpenAIEmbedder(_HttpEmbedder):
     """OpenAI-compatible: ``POST {url}/v1/embeddings``; answers are put back in input order."""
 
     name = "openai"
     service = "embeddings"
 
-    def __init__(
-        self,
-        *,
-        url: str = "https://api.openai.com",
-        model: str = "text-embedding-3-small",
-        api_key: str | None = None,
-        timeout_seconds: float = EMBED_TIMEOUT,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        super().__init__(timeout_seconds=timeout_seconds, client=client)
-        self.url = base_url(url)
-        self.model = model
-        self.api_key = api_key
+    default_url = "https://api.openai.com"
+    default_model = "text-embedding-3-small"
 
     async def embed(self, texts: Sequence[str]) -> list[Vector]:
         if not texts:
