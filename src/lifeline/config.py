@@ -11,12 +11,15 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lifeline.breakers import BreakerConfig
 from lifeline.domain import ConfigError, Stage
 from lifeline.queue.policy import DEFAULT_POLICIES, RetryPolicy
 from lifeline.store.url import parse_database_url
+
+if TYPE_CHECKING:
+    from lifeline.providers.factory import ProviderSettings
 
 ENV_PREFIX = "LIFELINE_"
 
@@ -67,8 +70,23 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting("LIFELINE_LLM_URL", "", "the LLM server, e.g. http://127.0.0.1:11434"),
     Setting("LIFELINE_LLM_MODEL", "", "the model the LLM server must list"),
     Setting("LIFELINE_LLM_API_KEY", "", "the LLM key (OpenAI-compatible servers)"),
-    Setting("LIFELINE_QDRANT_URL", "", "a Qdrant server for the vectors (empty: embedded)"),
+    Setting("LIFELINE_ASR_MODEL", "", "the ASR model (embedded: a CTranslate2 directory of your own)"),
+    Setting("LIFELINE_ASR_LANGUAGE", "", "the spoken language, e.g. en (empty: detected)"),
+    Setting("LIFELINE_ASR_TIMEOUT", "600", "seconds one transcription call may take"),
+    Setting("LIFELINE_LLM_TIMEOUT", "120", "seconds one LLM call may take"),
+    Setting("LIFELINE_QDRANT_URL", "", "a Qdrant server for memory vectors (empty: full-text search only)"),
     Setting("LIFELINE_QDRANT_API_KEY", "", "its api-key"),
+    Setting("LIFELINE_QDRANT_COLLECTION", "lifeline_memories", "the Qdrant collection"),
+    Setting("LIFELINE_EMBEDDER", "embedded", "embeddings for Qdrant: embedded (MiniLM), ollama or openai"),
+    Setting("LIFELINE_EMBEDDER_URL / _MODEL / _API_KEY", "", "the embedding server (default: the LLM's)"),
+    Setting("LIFELINE_MODEL_CACHE_DIR", "<data dir>/models", "where the packaged Whisper model is assembled"),
+    Setting("LIFELINE_UPLOAD_MAX_MB", "512", "largest accepted upload file, in MB (413 beyond)"),
+    Setting("LIFELINE_UPLOAD_MAX_SECONDS", "14400", "longest accepted recording, in seconds (413 beyond)"),
+    Setting(
+        "LIFELINE_STREAM_IDLE_SECONDS",
+        "60",
+        "a WebSocket conversation without audio this long is closed and transcribed",
+    ),
     Setting("LIFELINE_MONGODB_URL", "", "a MongoDB to ping in the health monitor (mongodb://host:port)"),
     Setting(
         "LIFELINE_BREAKER_WINDOW / _MIN_CALLS / _FAILURE_RATE / _SLOW_CALL / _OPEN_BASE / _OPEN_MAX"
@@ -114,6 +132,20 @@ class Settings:
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     mongodb_url: str | None = None
+    asr_model: str | None = None
+    asr_language: str | None = None
+    asr_timeout: float = 600.0
+    llm_timeout: float = 120.0
+    qdrant_collection: str = "lifeline_memories"
+    embedder: str = "embedded"  # embedded | ollama | openai
+    embedder_url: str | None = None
+    embedder_model: str | None = None
+    embedder_api_key: str | None = None
+    model_cache_dir: Path | None = None  # None: <data_dir>/models
+    # ingest
+    upload_max_mb: float = 512.0
+    upload_max_seconds: float = 4 * 3600.0
+    stream_idle_seconds: float = 60.0
     breaker: BreakerConfig = field(default_factory=BreakerConfig)  # every breaker's thresholds ...
     breakers: dict[str, BreakerConfig] = field(default_factory=dict)  # ... unless set for one service
     health_interval: float = 30.0  # 0: no health monitor
@@ -172,6 +204,32 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def providers(self) -> ProviderSettings:
+        """The provider part of the settings, for :func:`lifeline.providers.factory.build_providers`."""
+        from lifeline.providers.factory import ProviderSettings
+
+        return ProviderSettings(
+            asr=self.asr,
+            asr_url=self.asr_url,
+            asr_api_key=self.asr_api_key,
+            asr_model=self.asr_model,
+            asr_language=self.asr_language,
+            llm=self.llm,
+            llm_url=self.llm_url,
+            llm_model=self.llm_model,
+            llm_api_key=self.llm_api_key,
+            embedder=self.embedder,
+            embedder_url=self.embedder_url,
+            embedder_model=self.embedder_model,
+            embedder_api_key=self.embedder_api_key,
+            qdrant_url=self.qdrant_url,
+            qdrant_api_key=self.qdrant_api_key,
+            qdrant_collection=self.qdrant_collection,
+            model_cache_dir=self.model_cache_dir or self.data_dir / "models",
+            asr_timeout=self.asr_timeout,
+            llm_timeout=self.llm_timeout,
+        )
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -247,6 +305,10 @@ def service_settings(values: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError("LIFELINE_ASR=deepgram needs LIFELINE_ASR_API_KEY")
     if llm != "embedded" and not get("LLM_URL"):
         raise ConfigError(f"LIFELINE_LLM={llm} needs LIFELINE_LLM_URL")
+    embedder = (get("EMBEDDER") or "embedded").lower()
+    if embedder not in LLM_KINDS:
+        raise ConfigError(f"LIFELINE_EMBEDDER must be one of {', '.join(LLM_KINDS)}, not {embedder!r}")
+    cache = get("MODEL_CACHE_DIR")
     default, per_service = _breaker_configs(values)
     return {
         "asr": asr,
@@ -259,6 +321,19 @@ def service_settings(values: Mapping[str, str]) -> dict[str, Any]:
         "qdrant_url": get("QDRANT_URL"),
         "qdrant_api_key": get("QDRANT_API_KEY"),
         "mongodb_url": get("MONGODB_URL"),
+        "asr_model": get("ASR_MODEL"),
+        "asr_language": get("ASR_LANGUAGE"),
+        "asr_timeout": _float(get("ASR_TIMEOUT") or "600", "ASR_TIMEOUT", minimum=1),
+        "llm_timeout": _float(get("LLM_TIMEOUT") or "120", "LLM_TIMEOUT", minimum=1),
+        "qdrant_collection": get("QDRANT_COLLECTION") or "lifeline_memories",
+        "embedder": embedder,
+        "embedder_url": get("EMBEDDER_URL"),
+        "embedder_model": get("EMBEDDER_MODEL"),
+        "embedder_api_key": get("EMBEDDER_API_KEY"),
+        "model_cache_dir": Path(cache) if cache else None,
+        "upload_max_mb": _float(get("UPLOAD_MAX_MB") or "512", "UPLOAD_MAX_MB", minimum=0.001),
+        "upload_max_seconds": _float(get("UPLOAD_MAX_SECONDS") or "14400", "UPLOAD_MAX_SECONDS", minimum=1),
+        "stream_idle_seconds": _float(get("STREAM_IDLE_SECONDS") or "60", "STREAM_IDLE_SECONDS", minimum=0.1),
         "breaker": default,
         "breakers": per_service,
         "health_interval": _float(get("HEALTH_INTERVAL") or "30", "HEALTH_INTERVAL"),

@@ -124,6 +124,32 @@ class StoredOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingRow:
+    """One recording as stored: who made it, where it came from, how much audio it holds.
+
+    ``source`` is ``upload`` (a file sent to /api/audio/upload), ``stream`` (a WebSocket
+    conversation) or ``api`` (created by code, no audio required). The audio columns are kept up to
+    date by :meth:`Store.append_audio` in the same transaction that stores the chunk.
+    """
+
+    audio_uuid: str
+    user_id: str | None
+    client_id: str | None
+    created_at: float
+    source: str
+    device_name: str | None
+    filename: str | None
+    audio_bytes: int
+    audio_chunks: int
+    last_audio_at: float | None
+
+    @property
+    def duration_seconds(self) -> float:
+        """Seconds of audio (16 kHz mono s16le: 32,000 bytes a second)."""
+        return self.audio_bytes / 32000.0
+
+
+@dataclass(frozen=True, slots=True)
 class LoginFailures:
     key: str
     failures: int
@@ -292,8 +318,13 @@ class Store(abc.ABC):
         *,
         then: Sequence[tuple[str, JSON] | NextJob] = (),
         outputs: Sequence[Output] = (),
+        replace: Sequence[tuple[str, str]] = (),
     ) -> list[int]:
         """Complete, write the outputs and enqueue the next jobs in one transaction.
+
+        ``replace`` lists ``(recording_id, stage)`` pairs whose outputs this job replaces as a
+        whole: in the same transaction, every output of such a pair whose index is not among
+        ``outputs`` is deleted (a re-run that finds fewer memories leaves no stale ones behind).
 
         Returns the ids of the next jobs. :class:`LeaseLost` (and nothing written) if the job is
         no longer held by the caller.
@@ -368,8 +399,86 @@ class Store(abc.ABC):
         user_id: str | None = None,
         client_id: str | None = None,
         first_job: NextJob | None = None,
+        source: str = "api",
+        device_name: str | None = None,
+        filename: str | None = None,
     ) -> int | None:
         """Record a recording (and, in the same transaction, its first job, whose id is returned)."""
+
+    # -- recordings and their audio ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_recording(self, audio_uuid: str) -> RecordingRow:
+        """:class:`NotFound` for an unknown recording."""
+
+    @abc.abstractmethod
+    async def list_recordings(
+        self, *, user_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RecordingRow]:
+        """Newest first (``created_at`` descending); only ``user_id``'s when given."""
+
+    @abc.abstractmethod
+    async def count_recordings(self, *, user_id: str | None = None) -> int: ...
+
+    @abc.abstractmethod
+    async def append_audio(self, audio_uuid: str, seq: int, pcm: bytes) -> None:
+        """Store chunk ``seq`` of the recording's 16 kHz mono s16le audio, durably, as an upsert.
+
+        Writing a ``seq`` again replaces that chunk (a retried write never duplicates audio); the
+        recording's ``audio_bytes``/``audio_chunks``/``last_audio_at`` change in the same
+        transaction. :class:`NotFound` if the recording does not exist.
+        """
+
+    @abc.abstractmethod
+    async def read_audio(
+        self, audio_uuid: str, *, after_seq: int = -1, limit: int = 64
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` chunks with ``seq > after_seq``, in order: page through long audio."""
+
+    @abc.abstractmethod
+    async def unfinished_recordings(self, *, idle_before: float, limit: int = 100) -> list[RecordingRow]:
+        """Recordings that have no job at all and no audio since ``idle_before`` (by
+        ``last_audio_at``, or ``created_at`` when they have none), oldest first: streams whose
+        connection or server died before the conversation was handed over, and uploads that
+        never finished."""
+
+    @abc.abstractmethod
+    async def delete_recording(self, audio_uuid: str) -> None:
+        """The recording, its audio, its outputs, its jobs and their attempts, in one transaction.
+
+        :class:`NotFound` if it does not exist. A worker still running one of its jobs then loses
+        its lease (its ``complete`` raises :class:`LeaseLost` and writes nothing).
+        """
+
+    # -- outputs across recordings ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def search_outputs(
+        self,
+        stage: str,
+        *,
+        user_id: str | None = None,
+        query: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[StoredOutput]:
+        """Outputs of ``stage`` (of ``user_id``'s recordings when given), newest recording first
+        and by index within one.
+
+        With ``query``, only outputs whose ``data["text"]`` matches it by full text (every word
+        of the query, case-insensitive; SQLite FTS5, PostgreSQL ``to_tsvector``), best match
+        first. The query is words, not a query language: quotes and operators are taken as text.
+        """
+
+    @abc.abstractmethod
+    async def get_output(self, recording_id: str, stage: str, index: int) -> StoredOutput:
+        """:class:`NotFound` if there is no such output."""
+
+    @abc.abstractmethod
+    async def update_output(self, recording_id: str, stage: str, index: int, data: JSON) -> StoredOutput:
+        """Replace one output's data (a user's edit), bumping its revision; :class:`NotFound`."""
+
+    @abc.abstractmethod
+    async def delete_output(self, recording_id: str, stage: str, index: int) -> None:
+        """:class:`NotFound` if there is no such output."""
 
     @abc.abstractmethod
     async def recording_status(self, audio_uuid: str) -> RecordingReport:

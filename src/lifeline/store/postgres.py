@@ -74,6 +74,7 @@ from lifeline.store.postgres_engine import (
     store_error,
 )
 from lifeline.store.postgres_health import PostgresHealthMixin
+from lifeline.store.postgres_recordings import PostgresRecordingsMixin
 from lifeline.store.postgres_users import PostgresUsersMixin
 
 Clock = Callable[[], float]
@@ -161,6 +162,19 @@ _OUTPUTS = """, outputs_written AS (
     ON CONFLICT (recording_id, stage, idx) DO UPDATE
        SET data = excluded.data, job_id = excluded.job_id,
            revision = o.revision + 1, updated_at = excluded.updated_at
+)"""
+
+# Outputs of replaced (recording, stage) pairs that this completion did not write, deleted only if
+# the completion is ours. A sibling of the upsert: both see the rows as they were before the
+# statement, and touch disjoint rows (the written keys are excluded here).
+_REPLACE = """, outputs_replaced AS (
+    DELETE FROM outputs o
+     USING done, unnest(%(rep_recording)s::text[], %(rep_stage)s::text[]) AS p(r, s)
+     WHERE o.recording_id = p.r AND o.stage = p.s
+       AND NOT EXISTS (SELECT 1
+                         FROM unnest(%(out_recording)s::text[], %(out_stage)s::text[], %(out_index)s::int[])
+                           AS w(r, s, i)
+                        WHERE w.r = o.recording_id AND w.s = o.stage AND w.i = o.idx)
 )"""
 
 _COMPLETE_SET = (
@@ -253,7 +267,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, Store):
+class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, PostgresRecordingsMixin, Store):
     """See :mod:`lifeline.store.base` for what each method promises.
 
     ``conninfo`` is a libpq URL or key/value string (``postgresql://user:pw@host:5432/db``).
@@ -550,26 +564,30 @@ class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, Store):
         *,
         then: Sequence[tuple[str, JSON] | NextJob] = (),
         outputs: Sequence[Output] = (),
+        replace: Sequence[tuple[str, str]] = (),
     ) -> list[int]:
         next_state(job.state, Action.COMPLETE)  # a snapshot that is not processing was never ours
         now = self._clock()
         next_rows = [self._next_job_values(item, job, now) for item in then]
         # one row per key (a key written twice in one completion keeps the last data)
         keyed = {(o.recording_id, o.stage, o.index): o for o in outputs}
+        pairs = list(dict.fromkeys(replace))
         values = {
             "out_recording": [k[0] for k in keyed],
             "out_stage": [k[1] for k in keyed],
             "out_index": [k[2] for k in keyed],
             "out_data": [_dumps(o.data) for o in keyed.values()],
+            "rep_recording": [p[0] for p in pairs],
+            "rep_stage": [p[1] for p in pairs],
         }
-        more = _OUTPUTS if keyed else ""
+        more = (_OUTPUTS if keyed else "") + (_REPLACE if pairs else "")
 
         async def op(tx: Tx) -> list[int]:
             await _cas_end(tx, job, _COMPLETE_SET, values, now, AttemptOutcome.COMPLETED, None, more=more)
             return [await _insert_job(tx, row) for row in next_rows]
 
         merge = None
-        if not next_rows and not keyed:  # the common case shares one statement with others
+        if not next_rows and not keyed and not pairs:  # the common case shares one statement with others
             end = _End(
                 job, JobState.COMPLETED, None, False, None, 0, now, AttemptOutcome.COMPLETED, None, now, []
             )
@@ -874,6 +892,9 @@ class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, Store):
         user_id: str | None = None,
         client_id: str | None = None,
         first_job: NextJob | None = None,
+        source: str = "api",
+        device_name: str | None = None,
+        filename: str | None = None,
     ) -> int | None:
         now = self._clock()
         first = (
@@ -895,9 +916,10 @@ class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, Store):
 
         async def op(tx: Tx) -> int | None:
             cur = await tx.execute(
-                "INSERT INTO recordings (audio_uuid, user_id, client_id, created_at) VALUES (%s, %s, %s, %s)"
+                "INSERT INTO recordings (audio_uuid, user_id, client_id, created_at, source, device_name,"
+                " filename) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (audio_uuid) DO NOTHING RETURNING 1",
-                (audio_uuid, user_id, client_id, now),
+                (audio_uuid, user_id, client_id, now, source, device_name, filename),
             )
             if await cur.fetchone() is None:
                 raise Conflict(f"recording {audio_uuid} already exists")

@@ -53,6 +53,7 @@ from lifeline.store.base import (
 )
 from lifeline.store.sqlite_engine import Checkpointer, ReaderPool, Synchronous, WriterThread, open_connection
 from lifeline.store.sqlite_health import SQLiteHealthMixin
+from lifeline.store.sqlite_recordings import SQLiteRecordingsMixin
 from lifeline.store.sqlite_users import SQLiteUsersMixin
 
 Clock = Callable[[], float]
@@ -160,7 +161,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
+class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, SQLiteRecordingsMixin, Store):
     """See :mod:`lifeline.store.base` for what each method promises."""
 
     def __init__(
@@ -393,12 +394,22 @@ class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
         *,
         then: Sequence[tuple[str, JSON] | NextJob] = (),
         outputs: Sequence[Output] = (),
+        replace: Sequence[tuple[str, str]] = (),
     ) -> list[int]:
         next_state(job.state, Action.COMPLETE)  # a snapshot that is not processing was never ours
         now = self._clock()
         next_rows = [self._next_job_values(item, job, now) for item in then]
         next_keys = [row[8] for row in next_rows]
         output_rows = [(o.recording_id, o.stage, o.index, _dumps(o.data), job.id, now) for o in outputs]
+        # per replaced (recording, stage): the indexes this completion keeps (a JSON list)
+        replaced = [
+            (
+                rec,
+                stage,
+                _dumps(sorted({o.index for o in outputs if (o.recording_id, o.stage) == (rec, stage)})),
+            )
+            for rec, stage in dict.fromkeys(replace)
+        ]
 
         def op(conn: sqlite3.Connection) -> list[int]:
             _cas(
@@ -413,6 +424,12 @@ class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
             )
             if output_rows:
                 conn.executemany(_UPSERT_OUTPUT, output_rows)
+            if replaced:
+                conn.executemany(
+                    "DELETE FROM outputs WHERE recording_id = ? AND stage = ?"
+                    " AND idx NOT IN (SELECT value FROM json_each(?))",
+                    replaced,
+                )
             return [_insert_job(conn, row, key) for row, key in zip(next_rows, next_keys, strict=True)]
 
         notify = tuple({row[0] for row in next_rows})
@@ -717,6 +734,9 @@ class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
         user_id: str | None = None,
         client_id: str | None = None,
         first_job: NextJob | None = None,
+        source: str = "api",
+        device_name: str | None = None,
+        filename: str | None = None,
     ) -> int | None:
         now = self._clock()
         first = (
@@ -739,8 +759,9 @@ class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, Store):
         def op(conn: sqlite3.Connection) -> int | None:
             try:
                 conn.execute(
-                    "INSERT INTO recordings (audio_uuid, user_id, client_id, created_at) VALUES (?, ?, ?, ?)",
-                    (audio_uuid, user_id, client_id, now),
+                    "INSERT INTO recordings (audio_uuid, user_id, client_id, created_at, source,"
+                    " device_name, filename) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (audio_uuid, user_id, client_id, now, source, device_name, filename),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"recording {audio_uuid} already exists") from None

@@ -1,0 +1,289 @@
+"""Recordings, their audio and their outputs across recordings, for the PostgreSQL store.
+
+A mixin of :class:`lifeline.store.postgres.PostgresStore`: its writes are operations of the
+store's batching writer (group commit), its reads run on the read pool. Each operation raises, if
+it must, before it writes (see :mod:`lifeline.store.postgres_engine`).
+
+Writes that depend on what is already there (an audio chunk's size, a recording's jobs) first
+lock the recording's row, so that two processes serialise on it and each later statement (READ
+COMMITTED: a fresh snapshot per statement) sees what the other committed. Audio goes over the
+wire in binary (``%b``, a binary cursor): a page of chunks is tens of megabytes, hex would double it.
+Full-text search uses the GIN expression index on ``to_tsvector('simple', data ->> 'text')``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lifeline.domain import JSON, NotFound
+from lifeline.store.base import RecordingRow, StoredOutput, dumps_json
+from lifeline.store.fulltext import query_words
+from lifeline.store.postgres_engine import Connection, Tx
+
+RECORDING_COLUMNS = (
+    "audio_uuid, user_id, client_id, created_at, source, device_name, filename,"
+    " audio_bytes, audio_chunks, last_audio_at"
+)
+_R_COLUMNS = ", ".join("r." + c.strip() for c in RECORDING_COLUMNS.split(","))
+_O_COLUMNS = "o.recording_id, o.stage, o.idx, o.data, o.job_id, o.revision, o.updated_at"
+_MAX_PAGE = 1000
+# the indexed expression, spelled exactly as in outputs_text (or the index is not used)
+_DOCUMENT = "to_tsvector('simple', o.data ->> 'text')"
+
+_APPEND_AUDIO = """
+WITH old AS (
+    SELECT octet_length(pcm) AS size FROM audio_chunks WHERE recording_id = %(rec)s AND seq = %(seq)s
+), chunk AS (
+    INSERT INTO audio_chunks (recording_id, seq, created_at, pcm)
+    VALUES (%(rec)s, %(seq)s, %(now)s, %(pcm)b)
+    ON CONFLICT (recording_id, seq) DO UPDATE SET pcm = excluded.pcm, created_at = excluded.created_at
+)
+UPDATE recordings
+   SET audio_bytes = audio_bytes + %(size)s - COALESCE((SELECT size FROM old), 0),
+       audio_chunks = audio_chunks + CASE WHEN EXISTS (SELECT 1 FROM old) THEN 0 ELSE 1 END,
+       last_audio_at = %(now)s
+ WHERE audio_uuid = %(rec)s
+"""
+
+_DELETE_RECORDING = """
+WITH gone_jobs AS (
+    DELETE FROM jobs WHERE recording_id = %(rec)s RETURNING id
+), gone_attempts AS (
+    DELETE FROM attempts WHERE job_id IN (SELECT id FROM gone_jobs)
+), gone_outputs AS (
+    DELETE FROM outputs WHERE recording_id = %(rec)s
+), gone_audio AS (
+    DELETE FROM audio_chunks WHERE recording_id = %(rec)s
+)
+DELETE FROM recordings WHERE audio_uuid = %(rec)s
+"""
+
+
+def _recording(row: Sequence[Any]) -> RecordingRow:
+    return RecordingRow(
+        audio_uuid=row[0],
+        user_id=row[1],
+        client_id=row[2],
+        created_at=float(row[3]),
+        source=row[4],
+        device_name=row[5],
+        filename=row[6],
+        audio_bytes=int(row[7]),
+        audio_chunks=int(row[8]),
+        last_audio_at=None if row[9] is None else float(row[9]),
+    )
+
+
+def _output(row: Sequence[Any]) -> StoredOutput:
+    return StoredOutput(
+        row[0],
+        row[1],
+        int(row[2]),
+        row[3],
+        None if row[4] is None else int(row[4]),
+        int(row[5]),
+        float(row[6]),
+    )
+
+
+def _page(limit: int, offset: int) -> tuple[int, int]:
+    return max(0, min(limit, _MAX_PAGE)), max(0, offset)
+
+
+class PostgresRecordingsMixin:
+    if TYPE_CHECKING:  # provided by PostgresStore
+        _clock: Callable[[], float]
+
+        def _write(self, fn: Callable[[Tx], Awaitable[Any]]) -> Awaitable[Any]: ...
+
+        def _read(self, fn: Callable[[Connection], Awaitable[Any]]) -> Awaitable[Any]: ...
+
+    # -- recordings -----------------------------------------------------------------------------
+    async def get_recording(self, audio_uuid: str) -> RecordingRow:
+        async def fn(conn: Connection) -> RecordingRow:
+            cur = await conn.execute(
+                f"SELECT {RECORDING_COLUMNS} FROM recordings WHERE audio_uuid = %s", (audio_uuid,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no recording {audio_uuid}")
+            return _recording(row)
+
+        found: RecordingRow = await self._read(fn)
+        return found
+
+    async def list_recordings(
+        self, *, user_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RecordingRow]:
+        where, params = ("WHERE user_id = %s", [user_id]) if user_id is not None else ("", [])
+        sql = (
+            f"SELECT {RECORDING_COLUMNS} FROM recordings {where}"
+            " ORDER BY created_at DESC, audio_uuid DESC LIMIT %s OFFSET %s"
+        )
+        args = [*params, *_page(limit, offset)]
+
+        async def fn(conn: Connection) -> list[RecordingRow]:
+            cur = await conn.execute(sql, args)
+            return [_recording(r) for r in await cur.fetchall()]
+
+        rows: list[RecordingRow] = await self._read(fn)
+        return rows
+
+    async def count_recordings(self, *, user_id: str | None = None) -> int:
+        async def fn(conn: Connection) -> int:
+            if user_id is None:
+                cur = await conn.execute("SELECT COUNT(*) FROM recordings")
+            else:
+                cur = await conn.execute("SELECT COUNT(*) FROM recordings WHERE user_id = %s", (user_id,))
+            row = await cur.fetchone()
+            return 0 if row is None else int(row[0])
+
+        count: int = await self._read(fn)
+        return count
+
+    async def unfinished_recordings(self, *, idle_before: float, limit: int = 100) -> list[RecordingRow]:
+        # walks recordings_idle from the oldest; each NOT EXISTS is one probe of jobs_recording
+        sql = (
+            f"SELECT {_R_COLUMNS} FROM recordings r"
+            " WHERE COALESCE(last_audio_at, created_at) < %s"
+            "   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.recording_id = r.audio_uuid)"
+            " ORDER BY COALESCE(last_audio_at, created_at), r.audio_uuid LIMIT %s"
+        )
+        args = (idle_before, max(0, min(limit, _MAX_PAGE)))
+
+        async def fn(conn: Connection) -> list[RecordingRow]:
+            cur = await conn.execute(sql, args)
+            return [_recording(r) for r in await cur.fetchall()]
+
+        rows: list[RecordingRow] = await self._read(fn)
+        return rows
+
+    async def delete_recording(self, audio_uuid: str) -> None:
+        async def op(tx: Tx) -> None:
+            await _lock_recording(tx, audio_uuid)
+            # wait for completions of its jobs in flight elsewhere: once they commit, the next
+            # statement's snapshot sees their outputs and next jobs, and deletes those too
+            await tx.execute("SELECT id FROM jobs WHERE recording_id = %s FOR UPDATE", (audio_uuid,))
+            await tx.execute(_DELETE_RECORDING, {"rec": audio_uuid})
+
+        await self._write(op)
+
+    # -- audio ----------------------------------------------------------------------------------
+    async def append_audio(self, audio_uuid: str, seq: int, pcm: bytes) -> None:
+        if seq < 0:
+            raise ValueError("seq must not be negative")
+        params = {"rec": audio_uuid, "seq": seq, "now": self._clock(), "pcm": pcm, "size": len(pcm)}
+
+        async def op(tx: Tx) -> None:
+            await _lock_recording(tx, audio_uuid)
+            await tx.execute(_APPEND_AUDIO, params)
+
+        await self._write(op)
+
+    async def read_audio(
+        self, audio_uuid: str, *, after_seq: int = -1, limit: int = 64
+    ) -> list[tuple[int, bytes]]:
+        args = (audio_uuid, after_seq, max(0, min(limit, _MAX_PAGE)))
+
+        async def fn(conn: Connection) -> list[tuple[int, bytes]]:
+            async with conn.cursor(binary=True) as cur:
+                await cur.execute(
+                    "SELECT seq, pcm FROM audio_chunks WHERE recording_id = %s AND seq > %s"
+                    " ORDER BY seq LIMIT %s",
+                    args,
+                )
+                return [(int(seq), bytes(pcm)) for seq, pcm in await cur.fetchall()]
+
+        chunks: list[tuple[int, bytes]] = await self._read(fn)
+        return chunks
+
+    # -- outputs across recordings --------------------------------------------------------------
+    async def search_outputs(
+        self,
+        stage: str,
+        *,
+        user_id: str | None = None,
+        query: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[StoredOutput]:
+        join = "JOIN" if user_id is not None else "LEFT JOIN"
+        params: dict[str, Any] = {"stage": stage, "user": user_id, "limit": limit, "offset": offset}
+        params["limit"], params["offset"] = _page(limit, offset)
+        owner = "AND r.user_id = %(user)s" if user_id is not None else ""
+        newest = "r.created_at DESC NULLS LAST, o.recording_id, o.idx"
+        if query is None:
+            sql = (
+                f"SELECT {_O_COLUMNS} FROM outputs o {join} recordings r ON r.audio_uuid = o.recording_id"
+                f" WHERE o.stage = %(stage)s {owner}"
+                f" ORDER BY {newest} LIMIT %(limit)s OFFSET %(offset)s"
+            )
+        else:
+            if not query_words(query):  # plainto_tsquery would find no lexeme: nothing matches
+                return []
+            # plainto_tsquery: every word required, and no query syntax at all
+            params["query"] = query
+            sql = (
+                f"SELECT {_O_COLUMNS} FROM outputs o {join} recordings r ON r.audio_uuid = o.recording_id,"
+                " plainto_tsquery('simple', %(query)s) AS q"
+                f" WHERE {_DOCUMENT} @@ q AND o.stage = %(stage)s {owner}"
+                f" ORDER BY ts_rank({_DOCUMENT}, q) DESC, {newest} LIMIT %(limit)s OFFSET %(offset)s"
+            )
+
+        async def fn(conn: Connection) -> list[StoredOutput]:
+            cur = await conn.execute(sql, params)
+            return [_output(r) for r in await cur.fetchall()]
+
+        found: list[StoredOutput] = await self._read(fn)
+        return found
+
+    async def get_output(self, recording_id: str, stage: str, index: int) -> StoredOutput:
+        async def fn(conn: Connection) -> StoredOutput:
+            cur = await conn.execute(
+                f"SELECT {_O_COLUMNS} FROM outputs o WHERE recording_id = %s AND stage = %s AND idx = %s",
+                (recording_id, stage, index),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no output {recording_id}/{stage}/{index}")
+            return _output(row)
+
+        found: StoredOutput = await self._read(fn)
+        return found
+
+    async def update_output(self, recording_id: str, stage: str, index: int, data: JSON) -> StoredOutput:
+        params = (dumps_json(data), self._clock(), recording_id, stage, index)
+
+        async def op(tx: Tx) -> StoredOutput:
+            cur = await tx.execute(
+                "UPDATE outputs SET data = %s::json, revision = revision + 1, updated_at = %s"
+                " WHERE recording_id = %s AND stage = %s AND idx = %s"
+                " RETURNING recording_id, stage, idx, data, job_id, revision, updated_at",
+                params,
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no output {recording_id}/{stage}/{index}")
+            return _output(row)
+
+        updated: StoredOutput = await self._write(op)
+        return updated
+
+    async def delete_output(self, recording_id: str, stage: str, index: int) -> None:
+        async def op(tx: Tx) -> None:
+            cur = await tx.execute(
+                "DELETE FROM outputs WHERE recording_id = %s AND stage = %s AND idx = %s",
+                (recording_id, stage, index),
+            )
+            if cur.rowcount != 1:
+                raise NotFound(f"no output {recording_id}/{stage}/{index}")
+
+        await self._write(op)
+
+
+async def _lock_recording(tx: Tx, audio_uuid: str) -> None:
+    """Lock the recording's row; :class:`NotFound` (nothing written) if there is none."""
+    cur = await tx.execute("SELECT 1 FROM recordings WHERE audio_uuid = %s FOR UPDATE", (audio_uuid,))
+    if await cur.fetchone() is None:
+        raise NotFound(f"no recording {audio_uuid}")

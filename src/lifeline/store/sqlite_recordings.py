@@ -1,0 +1,263 @@
+"""Recordings, their audio and their outputs across recordings, for the SQLite store.
+
+A mixin of :class:`lifeline.store.sqlite.SQLiteStore`: its writes run on the store's writer
+thread (each inside the batch transaction, so an audio chunk shares the group commit with
+everything else), its reads on the reader pool. Audio is kept as chunks keyed (recording, seq)
+and read back a page at a time, so a one-hour recording is never loaded whole by the store.
+Full-text search uses the contentless FTS5 table ``outputs_fts``, kept in step with ``outputs``
+by triggers (see ``sql/sqlite/0004_audio_outputs.sql``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lifeline.domain import JSON, NotFound
+from lifeline.store.base import RecordingRow, StoredOutput, dumps_json
+from lifeline.store.fulltext import fts5_match, query_words
+
+RECORDING_COLUMNS = (
+    "audio_uuid, user_id, client_id, created_at, source, device_name, filename,"
+    " audio_bytes, audio_chunks, last_audio_at"
+)
+_R_COLUMNS = ", ".join("r." + c.strip() for c in RECORDING_COLUMNS.split(","))
+_O_COLUMNS = "o.recording_id, o.stage, o.idx, o.data, o.job_id, o.revision, o.updated_at"
+_MAX_PAGE = 1000
+
+
+def _recording(row: Sequence[Any]) -> RecordingRow:
+    return RecordingRow(
+        audio_uuid=row[0],
+        user_id=row[1],
+        client_id=row[2],
+        created_at=float(row[3]),
+        source=row[4],
+        device_name=row[5],
+        filename=row[6],
+        audio_bytes=int(row[7]),
+        audio_chunks=int(row[8]),
+        last_audio_at=None if row[9] is None else float(row[9]),
+    )
+
+
+def _output(row: Sequence[Any]) -> StoredOutput:
+    return StoredOutput(row[0], row[1], int(row[2]), json.loads(row[3]), row[4], int(row[5]), float(row[6]))
+
+
+def _page(limit: int, offset: int) -> tuple[int, int]:
+    return max(0, min(limit, _MAX_PAGE)), max(0, offset)
+
+
+class SQLiteRecordingsMixin:
+    if TYPE_CHECKING:  # provided by SQLiteStore
+        _clock: Callable[[], float]
+
+        def _write(self, fn: Callable[[sqlite3.Connection], Any], notify: tuple[str, ...] = ()) -> Any: ...
+
+        def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Awaitable[Any]: ...
+
+    # -- recordings -----------------------------------------------------------------------------
+    async def get_recording(self, audio_uuid: str) -> RecordingRow:
+        def fn(conn: sqlite3.Connection) -> RecordingRow:
+            row = conn.execute(
+                f"SELECT {RECORDING_COLUMNS} FROM recordings WHERE audio_uuid = ?", (audio_uuid,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no recording {audio_uuid}")
+            return _recording(row)
+
+        found: RecordingRow = await self._read(fn)
+        return found
+
+    async def list_recordings(
+        self, *, user_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[RecordingRow]:
+        where, params = ("WHERE user_id = ?", [user_id]) if user_id is not None else ("", [])
+        sql = (
+            f"SELECT {RECORDING_COLUMNS} FROM recordings {where}"
+            " ORDER BY created_at DESC, audio_uuid DESC LIMIT ? OFFSET ?"
+        )
+        args = [*params, *_page(limit, offset)]
+
+        def fn(conn: sqlite3.Connection) -> list[RecordingRow]:
+            return [_recording(r) for r in conn.execute(sql, args)]
+
+        rows: list[RecordingRow] = await self._read(fn)
+        return rows
+
+    async def count_recordings(self, *, user_id: str | None = None) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            if user_id is None:
+                return int(conn.execute("SELECT COUNT(*) FROM recordings").fetchone()[0])
+            return int(
+                conn.execute("SELECT COUNT(*) FROM recordings WHERE user_id = ?", (user_id,)).fetchone()[0]
+            )
+
+        count: int = await self._read(fn)
+        return count
+
+    async def unfinished_recordings(self, *, idle_before: float, limit: int = 100) -> list[RecordingRow]:
+        # walks recordings_idle from the oldest; each NOT EXISTS is one probe of jobs_recording
+        sql = (
+            f"SELECT {_R_COLUMNS} FROM recordings r"
+            " WHERE COALESCE(last_audio_at, created_at) < ?"
+            "   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.recording_id = r.audio_uuid)"
+            " ORDER BY COALESCE(last_audio_at, created_at), r.audio_uuid LIMIT ?"
+        )
+        args = (idle_before, max(0, min(limit, _MAX_PAGE)))
+
+        def fn(conn: sqlite3.Connection) -> list[RecordingRow]:
+            return [_recording(r) for r in conn.execute(sql, args)]
+
+        rows: list[RecordingRow] = await self._read(fn)
+        return rows
+
+    async def delete_recording(self, audio_uuid: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if conn.execute("DELETE FROM recordings WHERE audio_uuid = ?", (audio_uuid,)).rowcount != 1:
+                raise NotFound(f"no recording {audio_uuid}")
+            # the jobs go, so a worker still running one fails its compare-and-set: LeaseLost
+            conn.execute(
+                "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE recording_id = ?)",
+                (audio_uuid,),
+            )
+            conn.execute("DELETE FROM jobs WHERE recording_id = ?", (audio_uuid,))
+            conn.execute("DELETE FROM outputs WHERE recording_id = ?", (audio_uuid,))  # triggers: FTS
+            conn.execute("DELETE FROM audio_chunks WHERE recording_id = ?", (audio_uuid,))
+
+        await self._write(op)
+
+    # -- audio ----------------------------------------------------------------------------------
+    async def append_audio(self, audio_uuid: str, seq: int, pcm: bytes) -> None:
+        if seq < 0:
+            raise ValueError("seq must not be negative")
+        now = self._clock()
+        size = len(pcm)
+
+        def op(conn: sqlite3.Connection) -> None:
+            # length() of a blob reads its size from the record header, not the blob itself
+            old = conn.execute(
+                "SELECT length(pcm) FROM audio_chunks WHERE recording_id = ? AND seq = ?", (audio_uuid, seq)
+            ).fetchone()
+            cur = conn.execute(
+                "UPDATE recordings SET audio_bytes = audio_bytes + ?, audio_chunks = audio_chunks + ?,"
+                " last_audio_at = ? WHERE audio_uuid = ?",
+                (size - (0 if old is None else int(old[0])), 1 if old is None else 0, now, audio_uuid),
+            )
+            if cur.rowcount != 1:
+                raise NotFound(f"no recording {audio_uuid}")
+            conn.execute(
+                "INSERT INTO audio_chunks (recording_id, seq, created_at, pcm) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (recording_id, seq) DO UPDATE SET pcm = excluded.pcm,"
+                " created_at = excluded.created_at",
+                (audio_uuid, seq, now, pcm),
+            )
+
+        await self._write(op)
+
+    async def read_audio(
+        self, audio_uuid: str, *, after_seq: int = -1, limit: int = 64
+    ) -> list[tuple[int, bytes]]:
+        args = (audio_uuid, after_seq, max(0, min(limit, _MAX_PAGE)))
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+            return [
+                (int(seq), bytes(pcm))
+                for seq, pcm in conn.execute(
+                    "SELECT seq, pcm FROM audio_chunks WHERE recording_id = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    args,
+                )
+            ]
+
+        chunks: list[tuple[int, bytes]] = await self._read(fn)
+        return chunks
+
+    # -- outputs across recordings --------------------------------------------------------------
+    async def search_outputs(
+        self,
+        stage: str,
+        *,
+        user_id: str | None = None,
+        query: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[StoredOutput]:
+        join = "JOIN" if user_id is not None else "LEFT JOIN"
+        owner, owner_args = ("AND r.user_id = ?", [user_id]) if user_id is not None else ("", [])
+        newest = "r.created_at DESC NULLS LAST, o.recording_id, o.idx"
+        if query is None:
+            # one user's: walk their recordings (recordings_user), then each one's outputs; CROSS
+            # JOIN fixes that order, which the planner cannot know is the selective one
+            source = (
+                "recordings r CROSS JOIN outputs o ON o.recording_id = r.audio_uuid"
+                if user_id is not None
+                else "outputs o LEFT JOIN recordings r ON r.audio_uuid = o.recording_id"
+            )
+            sql = (
+                f"SELECT {_O_COLUMNS} FROM {source}"
+                f" WHERE o.stage = ? {owner} ORDER BY {newest} LIMIT ? OFFSET ?"
+            )
+            args: list[Any] = [stage, *owner_args, *_page(limit, offset)]
+        else:
+            words = query_words(query)
+            if not words:
+                return []
+            sql = (
+                f"SELECT {_O_COLUMNS} FROM outputs_fts JOIN outputs o ON o.id = outputs_fts.rowid"
+                f" {join} recordings r ON r.audio_uuid = o.recording_id"
+                f" WHERE outputs_fts MATCH ? AND o.stage = ? {owner}"
+                f" ORDER BY bm25(outputs_fts), {newest} LIMIT ? OFFSET ?"
+            )
+            args = [fts5_match(words), stage, *owner_args, *_page(limit, offset)]
+
+        def fn(conn: sqlite3.Connection) -> list[StoredOutput]:
+            return [_output(r) for r in conn.execute(sql, args)]
+
+        found: list[StoredOutput] = await self._read(fn)
+        return found
+
+    async def get_output(self, recording_id: str, stage: str, index: int) -> StoredOutput:
+        def fn(conn: sqlite3.Connection) -> StoredOutput:
+            row = conn.execute(
+                f"SELECT {_O_COLUMNS} FROM outputs o WHERE recording_id = ? AND stage = ? AND idx = ?",
+                (recording_id, stage, index),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no output {recording_id}/{stage}/{index}")
+            return _output(row)
+
+        found: StoredOutput = await self._read(fn)
+        return found
+
+    async def update_output(self, recording_id: str, stage: str, index: int, data: JSON) -> StoredOutput:
+        now = self._clock()
+        text = dumps_json(data)
+
+        def op(conn: sqlite3.Connection) -> StoredOutput:
+            row = conn.execute(
+                "UPDATE outputs SET data = ?, revision = revision + 1, updated_at = ?"
+                " WHERE recording_id = ? AND stage = ? AND idx = ?"
+                " RETURNING recording_id, stage, idx, data, job_id, revision, updated_at",
+                (text, now, recording_id, stage, index),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no output {recording_id}/{stage}/{index}")
+            return _output(row)
+
+        updated: StoredOutput = await self._write(op)
+        return updated
+
+    async def delete_output(self, recording_id: str, stage: str, index: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "DELETE FROM outputs WHERE recording_id = ? AND stage = ? AND idx = ?",
+                (recording_id, stage, index),
+            )
+            if cur.rowcount != 1:
+                raise NotFound(f"no output {recording_id}/{stage}/{index}")
+
+        await self._write(op)
