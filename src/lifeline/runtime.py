@@ -12,8 +12,8 @@ import importlib
 import inspect
 import logging
 import signal
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from lifeline.breakers import CircuitBreakers
 from lifeline.config import Settings
@@ -38,11 +38,25 @@ def recovery_settings(settings: Settings) -> RecoverySettings:
 
 @dataclass(frozen=True, slots=True)
 class HandlerContext:
-    """What a handler factory is given: the objects its handlers share (built from the settings)."""
+    """What a handler factory is given: the objects its handlers share (built from the settings).
+
+    A factory whose handlers hold resources (HTTP clients, models) appends their ``aclose`` to
+    ``closers``; :func:`run_workers` awaits them once its worker has stopped.
+    """
 
     settings: Settings
     store: Store
     breakers: CircuitBreakers
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Await every closer (newest first); one that fails is logged and the rest still run."""
+        while self.closers:
+            closer = self.closers.pop()
+            try:
+                await closer()
+            except Exception:
+                log.exception("closing a handler resource failed")
 
 
 # A mapping of queue name to handler, or a factory that builds one from the HandlerContext once the
@@ -125,54 +139,78 @@ async def run_workers(
     SIGTERM/SIGINT. The worker does not claim a stage while a breaker it needs is open."""
     async with open_store(settings) as store:
         breakers = build_breakers(settings, store)
-        stage_handlers = resolve_handlers(handlers, HandlerContext(settings, store, breakers))
-        recovery = RecoveryManager(store, recovery_settings(settings)) if with_recovery else None
-        monitor = build_monitor(settings, store, breakers) if with_recovery and not burst else None
-        worker = (
-            Worker(
-                store,
-                stage_handlers,
+        context = HandlerContext(settings, store, breakers)
+        try:
+            return await _run(
+                context,
+                handlers,
                 queues=queues,
-                concurrency=concurrency or settings.worker_concurrency,
-                poll_interval=settings.poll_interval,
-                shutdown_timeout=settings.shutdown_timeout,
-                gate=breakers.gate,
+                concurrency=concurrency,
+                burst=burst,
+                with_recovery=with_recovery,
             )
-            if stage_handlers
-            else None
+        finally:
+            await context.close()  # the handlers' resources, once the worker has stopped
+
+
+async def _run(
+    context: HandlerContext,
+    handlers: Handlers,
+    *,
+    queues: Sequence[str] | None,
+    concurrency: int | None,
+    burst: bool,
+    with_recovery: bool,
+) -> WorkerStats | None:
+    settings, store, breakers = context.settings, context.store, context.breakers
+    stage_handlers = resolve_handlers(handlers, context)
+    recovery = RecoveryManager(store, recovery_settings(settings)) if with_recovery else None
+    monitor = build_monitor(settings, store, breakers) if with_recovery and not burst else None
+    worker = (
+        Worker(
+            store,
+            stage_handlers,
+            queues=queues,
+            concurrency=concurrency or settings.worker_concurrency,
+            poll_interval=settings.poll_interval,
+            shutdown_timeout=settings.shutdown_timeout,
+            gate=breakers.gate,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        tasks: list[asyncio.Task[None]] = []
-        if recovery is not None:
-            if burst:
-                await recovery.recover()
-            else:
-                tasks.append(asyncio.create_task(recovery.run()))
-        if monitor is not None:
-            tasks.append(asyncio.create_task(monitor.run()))
-        worker_task = asyncio.create_task(worker.run(burst=burst)) if worker is not None else None
-        if worker is None:
-            log.info("no handlers registered: running the recovery manager only")
-        stopper: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
-        waiting: set[asyncio.Future[object]] = {stopper}
-        if worker_task is not None:
-            waiting.add(asyncio.ensure_future(worker_task))
-        elif burst:
-            waiting = set()
-        if waiting:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if worker is not None:
-            worker.stop()
-        if recovery is not None:
-            recovery.stop()
-        if monitor is not None:
-            monitor.stop()
-        stopper.cancel()
-        stats = await worker_task if worker_task is not None else None
-        for task in tasks:
-            await task
-        return stats
+        if stage_handlers
+        else None
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    if recovery is not None:
+        if burst:
+            await recovery.recover()
+        else:
+            tasks.append(asyncio.create_task(recovery.run()))
+    if monitor is not None:
+        tasks.append(asyncio.create_task(monitor.run()))
+    worker_task = asyncio.create_task(worker.run(burst=burst)) if worker is not None else None
+    if worker is None:
+        log.info("no handlers registered: running the recovery manager only")
+    stopper: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+    waiting: set[asyncio.Future[object]] = {stopper}
+    if worker_task is not None:
+        waiting.add(asyncio.ensure_future(worker_task))
+    elif burst:
+        waiting = set()
+    if waiting:
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if worker is not None:
+        worker.stop()
+    if recovery is not None:
+        recovery.stop()
+    if monitor is not None:
+        monitor.stop()
+    stopper.cancel()
+    stats = await worker_task if worker_task is not None else None
+    for task in tasks:
+        await task
+    return stats

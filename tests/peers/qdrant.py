@@ -68,7 +68,9 @@ class QdrantAPI(API):
     def __init__(self) -> None:
         super().__init__()
         self.collections: dict[str, dict[str, Any]] = {}
+        self.indexes: dict[str, dict[str, str]] = {}  # payload indexes per collection
         self._operation = 0
+        self.route("PUT", "/collections/{name}/index", self._create_index)
         self.route(
             "GET",
             "/",
@@ -100,6 +102,23 @@ class QdrantAPI(API):
     @staticmethod
     def _ok(result: Any, *, raw: bool = False) -> Response:
         return json_response(result if raw else {"result": result, "status": "ok", "time": 0.000153})
+
+    def _create_index(self, request: Request, name: str) -> Response:
+        self._collection(name)
+        body = self._body(request)
+        if not isinstance(body.get("field_name"), str):
+            raise HTTPError(400, "Format error in JSON body: missing field `field_name`")
+        self.indexes.setdefault(name, {})[body["field_name"]] = str(body.get("field_schema"))
+        return self._operation_result()
+
+    def points(self, collection: str | None = None) -> dict[Any, dict[str, Any]]:
+        """The stored points by id (for tests): of ``collection``, or of the only collection."""
+        if collection is None:
+            if len(self.collections) != 1:
+                raise AssertionError(f"name one of the collections {sorted(self.collections)}")
+            collection = next(iter(self.collections))
+        points: dict[Any, dict[str, Any]] = self.collections[collection]["points"]
+        return points
 
     def _collection(self, name: str) -> dict[str, Any]:
         if name not in self.collections:

@@ -12,29 +12,12 @@ from lifeline.domain import PermanentError, TransientError
 from lifeline.providers._http import ServiceError, ServiceRejected
 from lifeline.providers.vectors import QdrantVectors, VectorPoint, point_id
 from peers.qdrant import QdrantAPI
-from peers.server import Fault, HTTPError, HTTPPeer, Request, Response
-
-
-class IndexingQdrant(QdrantAPI):
-    """The shared Qdrant peer plus ``PUT /collections/{name}/index`` (payload indexes), as Qdrant has it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.indexes: dict[str, dict[str, str]] = {}
-        self.route("PUT", "/collections/{name}/index", self._create_index)
-
-    def _create_index(self, request: Request, name: str) -> Response:
-        self._collection(name)
-        body = self._body(request)
-        if not isinstance(body.get("field_name"), str):
-            raise HTTPError(400, "Format error in JSON body: missing field `field_name`")
-        self.indexes.setdefault(name, {})[body["field_name"]] = str(body.get("field_schema"))
-        return self._operation_result()
+from peers.server import Fault, HTTPPeer
 
 
 @pytest.fixture
 def qdrant_server() -> Iterator[HTTPPeer]:
-    with HTTPPeer(IndexingQdrant()) as peer:
+    with HTTPPeer(QdrantAPI()) as peer:
         yield peer
 
 

@@ -37,10 +37,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """What a handler hands over: outputs (upserts) and the next stages' jobs."""
+    """What a handler hands over: outputs (upserts) and the next stages' jobs.
+
+    ``replace`` lists ``(recording_id, stage)`` pairs whose outputs ``outputs`` replace as a whole:
+    the store deletes, in the completing transaction, every output of such a pair that is not
+    rewritten (a re-run that finds fewer memories leaves no stale ones behind).
+    """
 
     outputs: Sequence[Output] = ()
     then: Sequence[tuple[str, JSON] | NextJob] = ()
+    replace: Sequence[tuple[str, str]] = ()
 
 
 Handler = Callable[[Job], Awaitable[JobResult | None]]
@@ -140,6 +146,9 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             free = self.concurrency - len(self._inflight)
+            # a job in flight while we look may hand over a next stage's job right after: a burst
+            # run may end only after a claim that found nothing while nothing was running
+            busy = bool(self._inflight)
             try:
                 claimed = await self._claim(free) if free > 0 else 0
             except StoreError as exc:
@@ -156,7 +165,7 @@ class Worker:
             failures = 0
             if claimed:
                 continue
-            if burst and not self._inflight:
+            if burst and not busy and not self._inflight:
                 return
             await self._wait(poll=free > 0)
 
@@ -229,7 +238,9 @@ class Worker:
                 await self._fail(job, f"{type(exc).__name__}: {exc}")
             else:
                 result = result or JobResult()
-                await self.store.complete(job, then=result.then, outputs=result.outputs)
+                await self.store.complete(
+                    job, then=result.then, outputs=result.outputs, replace=result.replace
+                )
                 self.stats.completed += 1
         except LeaseLost:
             self.stats.lost += 1
