@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -153,10 +154,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port to listen on [LIFELINE_PORT]")] = None,
     no_workers: Annotated[bool, typer.Option("--no-workers", help="API only; run workers elsewhere")] = False,
     app_spec: Annotated[
-        str | None, typer.Option("--app", help="extra handlers as package.module:attribute")
+        str | None,
+        typer.Option("--app", help="handlers as package.module:attribute (default: the pipeline's stages)"),
     ] = None,
 ) -> None:
-    """Run the HTTP service with in-process workers and the recovery manager."""
+    """Run the HTTP service with in-process workers (the pipeline) and the recovery manager."""
     import uvicorn
 
     from lifeline.api import create_app
@@ -165,7 +167,12 @@ def serve(
     settings = _settings()
     if no_workers:
         settings = settings.replace(workers_in_api=False)
-    handlers = load_handlers(app_spec) if app_spec else {}
+    if app_spec:
+        handlers = load_handlers(app_spec)
+    else:
+        from lifeline.pipeline import build_pipeline
+
+        handlers = build_pipeline  # the app's own Pipeline runs the stages
     application = create_app(settings, handlers=handlers)
     err_console.print(
         f"lifeline: http://{host or settings.host}:{port or settings.port}"
@@ -183,7 +190,9 @@ def serve(
 
 @app.command(epilog=_SETTINGS_EPILOG)
 def worker(
-    app_spec: Annotated[str, typer.Option("--app", help="handlers as package.module:attribute")],
+    app_spec: Annotated[
+        str, typer.Option("--app", help="handlers as package.module:attribute")
+    ] = "lifeline.pipeline:build_pipeline",
     queues: Annotated[str | None, typer.Option(help="comma-separated queues (default: all handled)")] = None,
     concurrency: Annotated[int | None, typer.Option(help="jobs in flight at once")] = None,
     burst: Annotated[bool, typer.Option(help="drain the queues, then exit")] = False,
@@ -211,6 +220,139 @@ def worker(
             f"claimed {stats.claimed}, completed {stats.completed}, failed {stats.failed},"
             f" dead-lettered {stats.dead_lettered}, deferred {stats.deferred}, released {stats.released}"
         )
+
+
+class _ProgressFile:
+    """A binary file whose reads advance a progress bar (httpx reads multipart files in pieces)."""
+
+    def __init__(self, f: Any, advance: Callable[[int], None]) -> None:
+        self._f = f
+        self._advance = advance
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._f.read(size)
+        self._advance(len(data))
+        return data
+
+
+_DONE_STATES = frozenset({"completed", "dead_letter", "cancelled"})
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="audio files to upload", exists=True, dir_okay=False)],
+    device: Annotated[
+        str | None, typer.Option("--device", help="the device name the files came from")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="show each file's stages until it is done")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 3600.0,
+) -> None:
+    """Upload audio files to a running service (--url, --token) and, with --wait, follow them."""
+    import httpx
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    target = ctx.find_root().obj
+    target = target if isinstance(target, Target) else Target()
+    settings = _settings()
+    url = (target.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    if not target.token:
+        raise typer.BadParameter("submit needs --token (or LIFELINE_TOKEN): a user's token")
+    headers = {"Authorization": f"Bearer {target.token}"}
+    accepted: list[tuple[str, str]] = []
+    failures = 0
+    with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30.0, read=600.0)) as client:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err_console,
+        ) as progress:
+            for path in files:
+                task = progress.add_task(path.name, total=path.stat().st_size)
+                data = {"device_name": device} if device else {}
+                try:
+                    with path.open("rb") as f:
+                        wrapped = _ProgressFile(f, functools.partial(progress.advance, task))
+                        r = client.post(
+                            "/api/audio/upload",
+                            files=[("files", (path.name, wrapped, "application/octet-stream"))],  # type: ignore[list-item]
+                            data=data,
+                        )
+                except httpx.HTTPError as exc:
+                    err_console.print(f"[red]error:[/red] {url}: {type(exc).__name__}: {exc}")
+                    raise typer.Exit(1) from exc
+                if r.status_code == 202:
+                    item = r.json()["files"][0]
+                    if item.get("status") == "queued":
+                        accepted.append((path.name, item["audio_uuid"]))
+                        progress.console.print(
+                            f"{path.name}: queued as {item['audio_uuid']} ({item['duration_seconds']:.1f} s)"
+                        )
+                        continue
+                    detail = item.get("error")
+                else:
+                    detail = _response_detail(r)
+                failures += 1
+                progress.console.print(f"[red]{path.name}: refused ({r.status_code}):[/red] {detail}")
+        if wait and accepted:
+            failures += _follow(client, accepted, timeout)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _response_detail(r: Any) -> str:
+    try:
+        detail = r.json().get("detail")
+    except ValueError:
+        return str(r.text)[:200]
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        return str(detail[0].get("msg", detail))
+    return str(detail)
+
+
+def _follow(client: Any, accepted: list[tuple[str, str]], timeout: float) -> int:
+    """Poll each conversation until it is done, printing its stages whenever they change;
+    returns how many did not complete."""
+    deadline = time.monotonic() + timeout
+    shown: dict[str, str] = {}
+    pending = dict(accepted)
+    details: dict[str, dict[str, Any]] = {}
+    while pending and time.monotonic() < deadline:
+        for name, audio_uuid in list(pending.items()):
+            r = client.get(f"/api/conversations/{audio_uuid}")
+            if r.status_code != 200:
+                console.print(f"[red]{name}: HTTP {r.status_code}:[/red] {_response_detail(r)}")
+                pending.pop(name)
+                continue
+            body = r.json()
+            stages = "  ".join(f"{stage}={state or '-'}" for stage, state in body["stages"].items())
+            line = f"{name}: {body['status']:<11} {stages}"
+            if shown.get(name) != line:
+                console.print(line)
+                shown[name] = line
+            if body["status"] in _DONE_STATES:
+                details[name] = body
+                pending.pop(name)
+        if pending:
+            time.sleep(1.0)
+    for name, body in details.items():
+        console.print(f"[bold]{name}[/bold] ({body['audio_uuid']}): {body['status']}")
+        if body.get("transcript"):
+            console.print(f"  transcript: {body['transcript']['text']}")
+        for memory in body.get("memories", []):
+            console.print(f"  memory: {memory['text']}")
+        for item in body.get("action_items", []):
+            due = f" (due {item['due']})" if item.get("due") else ""
+            console.print(f"  action item: {item['text']}{due}")
+    for name in pending:
+        console.print(f"[yellow]{name}: not done after {timeout:.0f} s[/yellow]")
+    return (
+        len(pending)
+        + sum(1 for b in details.values() if b["status"] != "completed")
+        + (len(accepted) - len(details) - len(pending))
+    )
 
 
 @app.command()

@@ -25,6 +25,8 @@ SAMPLE = {
     "job_id": "1",
     "message_id": "1",
     "user_id": "nobody",
+    "memory_id": "rec-x:0",
+    "item_id": "rec-x:0",
 }
 
 SUPERUSER_ONLY = {

@@ -179,3 +179,16 @@ async def test_overview_health_readiness_and_metrics(api: Api) -> None:
     assert (await api.client.get("/readiness")).status_code == 503
     assert (await api.client.get("/health")).status_code == 503
     await store.open()
+
+
+async def test_retry_takes_a_count_not_a_boolean(api: Api) -> None:
+    a_id, a = await api.new_user("a@example.com")
+    job = await _recording(api, "rec-a", a_id, "a-phone")
+    url = f"/api/failure-recovery/jobs/{job}/retry"
+    refused = await api.client.post(url, json={"max_retries": True}, headers=a)
+    assert refused.status_code == 422, refused.text
+    assert "boolean" in refused.text
+    assert (await api.client.delete(f"/api/failure-recovery/jobs/{job}", headers=a)).status_code == 200
+    accepted = await api.client.post(url, json={"max_retries": 7}, headers=a)
+    assert accepted.status_code == 200, accepted.text
+    assert (await api.ctx.store.get_job(job)).job.max_attempts == 7

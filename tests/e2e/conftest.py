@@ -80,16 +80,16 @@ def server_env(root: Path, port: int, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def lifeline_serve(root: Path, **extra_env: str) -> Iterator[Server]:
-    """``lifeline serve`` on a free port with its store and data dir under ``root``; stopped with
-    SIGTERM (then SIGKILL) when the block ends."""
+def lifeline_serve(root: Path, *args: str, **extra_env: str) -> Iterator[Server]:
+    """``lifeline serve [args]`` on a free port with its store and data dir under ``root``; stopped
+    with SIGTERM (then SIGKILL) when the block ends."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = server_env(root, port, **extra_env)
     log = root / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lifeline", "serve", "--port", str(port)],
+            [sys.executable, "-m", "lifeline", "serve", "--port", str(port), *args],
             cwd=root,  # no .env of the developer's working directory
             env=env,
             stdout=out,

@@ -37,7 +37,8 @@ async def _seed(database_url: str) -> int:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with lifeline_serve(tmp_path_factory.mktemp("remote")) as server:
+    # an API-only process (as when workers run elsewhere): the jobs the tests set up stay put
+    with lifeline_serve(tmp_path_factory.mktemp("remote"), "--no-workers") as server:
         admin_token = server.login(*ADMIN)
         server.create_user(admin_token, *USER)
         dead_job = asyncio.run(_seed(server.database_url))

@@ -14,6 +14,9 @@ _DESCRIPTIONS: dict[int, str] = {
     403: "superuser only",
     404: "unknown, or not yours",
     409: "conflicts with the current state",
+    413: "too large or too long",
+    415: "not a supported format",
+    422: "the content cannot be processed",
     429: "too many failed logins; see Retry-After",
     503: "the store is unavailable",
 }

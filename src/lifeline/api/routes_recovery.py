@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, status
+from pydantic import BeforeValidator, Field
 
 from lifeline.api.deps import Ctx, CurrentUser, Superuser
 from lifeline.api.responses import AUTHENTICATED, errors
@@ -30,6 +31,16 @@ from lifeline.api.schemas import (
 from lifeline.api.services import breaker_list, breaker_one, health_check_now, health_one, health_summary
 from lifeline.domain import Job, JobState, NotFound, Stage, User
 from lifeline.store.base import QueueStats
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON ``true`` is not a count: pydantic's lax mode would read it as 1."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+RetryCount = Annotated[int, Field(ge=1, le=100), BeforeValidator(_not_a_bool)]
 
 router = APIRouter(prefix="/api/failure-recovery", tags=["failure-recovery"], responses=AUTHENTICATED)
 
@@ -346,7 +357,7 @@ async def retry_job(
     job_id: JobId,
     ctx: Ctx,
     user: CurrentUser,
-    max_retries: Annotated[int | None, Body(embed=True, ge=1, le=100)] = None,
+    max_retries: Annotated[RetryCount | None, Body(embed=True)] = None,
 ) -> ActionResultOut:
     await _owned_job(ctx, user, job_id)
     await ctx.store.requeue(job_id, max_attempts=max_retries)
