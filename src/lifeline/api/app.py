@@ -1,8 +1,12 @@
 """The app factory: ``create_app(settings)`` builds everything the service needs and passes it down.
 
-Its lifespan opens the store, makes sure a superuser exists, and runs the recovery manager and
-(unless disabled) the in-process workers; shutdown stops claiming, lets in-flight jobs finish up to
-the shutdown timeout, and closes the store.
+Its lifespan opens the store, makes sure a superuser exists, builds the pipeline (the API needs its
+deletions even without workers), and runs the recovery manager, the ingest sweeper and (when
+``handlers`` are given and not disabled) the in-process workers; shutdown stops claiming, lets
+in-flight jobs finish up to the shutdown timeout, and closes the store.
+
+``handlers=build_pipeline`` (what ``lifeline serve`` passes by default) runs the stages of the very
+:class:`~lifeline.pipeline.Pipeline` the routes use, rather than building a second one.
 """
 
 from __future__ import annotations
@@ -24,12 +28,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lifeline.accounts import Accounts
 from lifeline.api.context import AppContext
 from lifeline.api.responses import errors
+from lifeline.api.routes_audio import router as audio_router
 from lifeline.api.routes_auth import router as auth_router
+from lifeline.api.routes_dashboard import router as dashboard_router
 from lifeline.api.routes_ops import router as ops_router
+from lifeline.api.routes_pipeline import router as pipeline_router
 from lifeline.api.routes_recovery import router as recovery_router
 from lifeline.auth import PasswordHashing, TokenIssuer, load_or_create_secret
 from lifeline.config import Settings
 from lifeline.domain import Conflict, InvalidTransition, NotFound, StoreError
+from lifeline.ingest import run_sweeper
+from lifeline.pipeline import Pipeline, build_pipeline
 from lifeline.queue.recovery import RecoveryManager
 from lifeline.queue.worker import Worker
 from lifeline.runtime import (
@@ -62,6 +71,9 @@ def create_app(
         recovery = RecoveryManager(store, recovery_settings(settings))
         breakers = build_breakers(settings, store)
         monitor = build_monitor(settings, store, breakers)
+        pipeline: Pipeline | None = None
+        handler_context = HandlerContext(settings, store, breakers)
+        sweeping = asyncio.Event()
         try:
             secret = settings.auth_secret or load_or_create_secret(settings.data_dir / "auth-secret")
             accounts = Accounts(store, TokenIssuer(secret, settings.jwt_lifetime), hashing=hashing)
@@ -84,10 +96,26 @@ def create_app(
                 breakers=breakers,
                 health=monitor,
             )
+            pipeline = Pipeline(settings, store, breakers)
+            app.state.ctx.pipeline = pipeline
             tasks.append(asyncio.create_task(recovery.run(), name="recovery"))
+            tasks.append(
+                asyncio.create_task(
+                    run_sweeper(
+                        store,
+                        idle_seconds=settings.stream_idle_seconds,
+                        interval=settings.recovery_interval,
+                        stop=sweeping,
+                    ),
+                    name="sweeper",
+                )
+            )
             if monitor is not None:
                 tasks.append(asyncio.create_task(monitor.run(), name="health"))
-            stage_handlers = resolve_handlers(handlers or {}, HandlerContext(settings, store, breakers))
+            if handlers is build_pipeline:
+                stage_handlers = pipeline.handlers()
+            else:
+                stage_handlers = resolve_handlers(handlers or {}, handler_context)
             if stage_handlers and settings.workers_in_api:
                 worker = Worker(
                     store,
@@ -103,11 +131,16 @@ def create_app(
             if worker is not None:
                 worker.stop()
             recovery.stop()
+            sweeping.set()
             if monitor is not None:
                 monitor.stop()
             for task in tasks:
                 with contextlib.suppress(Exception):
                     await task
+            await handler_context.close()
+            if pipeline is not None:
+                with contextlib.suppress(Exception):
+                    await pipeline.aclose()
             await store.close()
 
     app = FastAPI(
@@ -120,6 +153,9 @@ def create_app(
     app.include_router(ops_router, responses=errors(503))
     app.include_router(auth_router, responses=errors(503))
     app.include_router(recovery_router, responses=errors(503))
+    app.include_router(audio_router)
+    app.include_router(pipeline_router)
+    app.include_router(dashboard_router)  # the page and its files; not in the schema
     _install_error_handlers(app)
     _install_request_log(app)
     return app

@@ -1,7 +1,15 @@
-"""Log in and out, who am I, and user management (superusers)."""
+"""Log in and out, who am I, and user management (superusers).
+
+Two ways to log in with the same accounts and the same throttling: ``/auth/jwt/login`` answers a
+Bearer token (API clients), ``/auth/cookie/login`` sets the dashboard's session cookie and its CSRF
+cookie (see :mod:`lifeline.api.deps`). The cookie routes stay out of the OpenAPI schema: they are
+the dashboard's, and a schema-driven client would only log itself out with them.
+"""
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
@@ -9,23 +17,24 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
 from lifeline.accounts import TooManyAttempts
-from lifeline.api.deps import Ctx, CurrentUser, Session, Superuser
+from lifeline.api.context import AppContext
+from lifeline.api.deps import CSRF_COOKIE, SESSION_COOKIE, Ctx, CurrentUser, Session, Superuser
 from lifeline.api.responses import AUTHENTICATED, SUPERUSER, errors
 from lifeline.api.schemas import TokenOut, UserCreate, UserOut
-from lifeline.auth import AuthError
+from lifeline.auth import AuthError, TokenClaims
 
 router = APIRouter()
 
 _LOGIN_RESPONSES = errors(400, 429, described={400: "wrong credentials (one generic message)"})
 
 
-@router.post("/auth/jwt/login", response_model=TokenOut, tags=["auth"], responses=_LOGIN_RESPONSES)
-async def login(
-    request: Request, ctx: Ctx, form: Annotated[OAuth2PasswordRequestForm, Depends()]
-) -> TokenOut | JSONResponse:
+async def _login(
+    request: Request, ctx: AppContext, form: OAuth2PasswordRequestForm
+) -> tuple[str, TokenClaims] | JSONResponse:
+    """The accounts' login (its throttling included); a 429 response, or 400 raised."""
     address = request.client.host if request.client else None
     try:
-        token, _ = await ctx.accounts.login(form.username, form.password, address)
+        return await ctx.accounts.login(form.username, form.password, address)
     except TooManyAttempts as exc:
         return JSONResponse(
             {"detail": str(exc)},
@@ -34,7 +43,16 @@ async def login(
         )
     except AuthError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    return TokenOut(access_token=token)
+
+
+@router.post("/auth/jwt/login", response_model=TokenOut, tags=["auth"], responses=_LOGIN_RESPONSES)
+async def login(
+    request: Request, ctx: Ctx, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+) -> TokenOut | JSONResponse:
+    found = await _login(request, ctx, form)
+    if isinstance(found, JSONResponse):
+        return found
+    return TokenOut(access_token=found[0])
 
 
 @router.post(
@@ -43,6 +61,47 @@ async def login(
 async def logout(ctx: Ctx, session: Session) -> Response:
     await ctx.accounts.logout(session[1])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/auth/cookie/login", include_in_schema=False)
+async def cookie_login(
+    request: Request, ctx: Ctx, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+) -> JSONResponse:
+    """Log in for the dashboard: the session in an HttpOnly cookie, plus a CSRF cookie the page
+    reads and echoes in ``X-CSRF-Token`` on every request that changes something."""
+    found = await _login(request, ctx, form)
+    if isinstance(found, JSONResponse):
+        return found
+    token, claims = found
+    user = await ctx.store.get_user(claims.user_id)
+    response = JSONResponse(UserOut.of(user).model_dump())
+    secure = request.url.scheme == "https"
+    max_age = max(1, int(claims.expires_at - time.time()))
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=max_age, path="/", secure=secure, httponly=True, samesite="strict"
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        secrets.token_urlsafe(32),
+        max_age=max_age,
+        path="/",
+        secure=secure,
+        httponly=False,  # the page must read it to send it back in the header
+        samesite="strict",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.post("/auth/cookie/logout", status_code=status.HTTP_204_NO_CONTENT, include_in_schema=False)
+async def cookie_logout(request: Request, ctx: Ctx, session: Session) -> Response:
+    """Revoke the session (a CSRF-checked request when made with the cookie) and clear both cookies."""
+    await ctx.accounts.logout(session[1])
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    secure = request.url.scheme == "https"
+    for name, httponly in ((SESSION_COOKIE, True), (CSRF_COOKIE, False)):
+        response.delete_cookie(name, path="/", secure=secure, httponly=httponly, samesite="strict")
+    return response
 
 
 @router.get("/users/me", response_model=UserOut, tags=["users"], responses=AUTHENTICATED)

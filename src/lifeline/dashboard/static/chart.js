@@ -1,0 +1,108 @@
+// Small SVG charts drawn from numbers the page polled: no library, no canvas, readable by CSS.
+
+import { h, s } from "./dom.js";
+
+function scale(points, width, height, pad) {
+  const xs = points.map((p) => p[0]);
+  const ys = points.map((p) => p[1]);
+  const x0 = Math.min(...xs);
+  const x1 = Math.max(...xs);
+  const y1 = Math.max(1, ...ys);
+  return {
+    x: (x) => pad + (x1 === x0 ? width - 2 * pad : ((x - x0) / (x1 - x0)) * (width - 2 * pad)),
+    y: (y) => height - pad - (y / y1) * (height - 2 * pad),
+    yMax: y1,
+    span: x1 - x0,
+  };
+}
+
+function path(points, sc) {
+  return points.map((p, i) => `${i === 0 ? "M" : "L"}${sc.x(p[0]).toFixed(1)},${sc.y(p[1]).toFixed(1)}`).join(" ");
+}
+
+/**
+ * A line chart of several series ({name, points: [[t, value]...]}) over the same time axis, with a
+ * legend. `description` is what a screen reader hears instead of the picture.
+ */
+export function lineChart(series, { description, unit = "", width = 640, height = 180 } = {}) {
+  const all = series.flatMap((one) => one.points);
+  if (all.length < 2) {
+    return h("p", { class: "muted" }, "Collecting data points… (the chart fills as the page stays open)");
+  }
+  const pad = 8;
+  const sc = scale(all, width, height, pad);
+  const svg = s(
+    "svg",
+    { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": description, preserveAspectRatio: "none" },
+    s("line", { x1: pad, y1: height - pad, x2: width - pad, y2: height - pad, class: "axis" }),
+    s("line", { x1: pad, y1: pad, x2: width - pad, y2: pad, class: "grid" }),
+    series.map((one, i) =>
+      one.points.length > 0 ? s("path", { d: path(one.points, sc), class: `line series-${i}` }) : null,
+    ),
+  );
+  const legend = h(
+    "ul",
+    { class: "legend" },
+    series.map((one, i) => {
+      const last = one.points.length ? one.points[one.points.length - 1][1] : null;
+      return h("li", null, h("span", { class: `swatch series-${i}`, "aria-hidden": "true" }), `${one.name}: ${last === null ? "—" : last}${unit}`);
+    }),
+  );
+  const minutes = Math.max(1, Math.round(sc.span / 60));
+  return h(
+    "figure",
+    { class: "chart-box" },
+    h("div", { class: "chart-scale" }, h("span", null, `max ${sc.yMax}${unit}`), h("span", null, `last ${minutes} min`)),
+    svg,
+    h("figcaption", null, legend),
+  );
+}
+
+/** A tiny trend line of [t, value] points (response times), or a dash when there are too few. */
+export function sparkline(points, description) {
+  if (points.length < 2) return h("span", { class: "muted" }, "—");
+  const width = 120;
+  const height = 28;
+  const sc = scale(points, width, height, 3);
+  return s(
+    "svg",
+    { viewBox: `0 0 ${width} ${height}`, class: "spark", role: "img", "aria-label": description },
+    s("path", { d: path(points, sc), class: "line series-0" }),
+  );
+}
+
+/** A value kept for the session (it survives a reload, not a logout). */
+export function recall(key, fallback) {
+  try {
+    const found = JSON.parse(sessionStorage.getItem(`lifeline.${key}`) || "null");
+    return found === null ? fallback : found;
+  } catch {
+    return fallback;
+  }
+}
+
+export function remember(key, value) {
+  try {
+    sessionStorage.setItem(`lifeline.${key}`, JSON.stringify(value));
+  } catch {
+    // storage full or disabled: the page still works, it only forgets on reload
+  }
+}
+
+/** Samples kept for the session (they survive a reload, not a logout), newest last, bounded. */
+export class Samples {
+  constructor(key, max = 240) {
+    this.key = key;
+    this.max = max;
+    const found = recall(key, []);
+    this.items = Array.isArray(found) ? found : [];
+  }
+
+  add(item, sameAs) {
+    const last = this.items[this.items.length - 1];
+    if (last && sameAs && sameAs(last, item)) return;
+    this.items.push(item);
+    if (this.items.length > this.max) this.items.splice(0, this.items.length - this.max);
+    remember(this.key, this.items);
+  }
+}
