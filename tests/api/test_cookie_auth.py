@@ -5,6 +5,7 @@ from __future__ import annotations
 from http.cookies import SimpleCookie
 
 import httpx
+import pytest
 
 from api.conftest import ADMIN, Api
 
@@ -161,3 +162,33 @@ async def test_logout_revokes_the_session_and_clears_the_cookies(api: Api) -> No
 async def test_the_cookie_routes_are_not_in_the_schema(api: Api) -> None:
     paths = (await api.client.get("/openapi.json")).json()["paths"]
     assert not [p for p in paths if p.startswith(("/auth/cookie", "/dashboard"))]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ],
+)
+async def test_a_login_posted_from_another_site_is_refused(api: Api, headers: dict[str, str]) -> None:
+    r = await api.client.post(
+        "/auth/cookie/login", data={"username": ADMIN[0], "password": ADMIN[1]}, headers=headers
+    )
+    assert r.status_code == 403, r.text
+    assert "cross-site" in r.json()["detail"]
+    assert "set-cookie" not in r.headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Sec-Fetch-Site": "same-origin"}, {"Origin": "http://lifeline.test"}, {}],
+)
+async def test_a_login_from_the_dashboard_itself_is_accepted(api: Api, headers: dict[str, str]) -> None:
+    r = await api.client.post(
+        "/auth/cookie/login", data={"username": ADMIN[0], "password": ADMIN[1]}, headers=headers
+    )
+    assert r.status_code == 200, r.text
+    assert "lifeline_session" in r.cookies

@@ -36,8 +36,16 @@ from lifeline.api.routes_pipeline import router as pipeline_router
 from lifeline.api.routes_recovery import router as recovery_router
 from lifeline.auth import PasswordHashing, TokenIssuer, load_or_create_secret
 from lifeline.config import Settings
-from lifeline.domain import Conflict, InvalidTransition, NotFound, StoreError
+from lifeline.domain import (
+    Conflict,
+    DependencyUnavailable,
+    InvalidTransition,
+    NotFound,
+    StoreError,
+    TransientError,
+)
 from lifeline.ingest import run_sweeper
+from lifeline.logs import install_redaction
 from lifeline.pipeline import Pipeline, build_pipeline
 from lifeline.queue.recovery import RecoveryManager
 from lifeline.queue.worker import Worker
@@ -61,6 +69,7 @@ def create_app(
     hashing: PasswordHashing | None = None,
 ) -> FastAPI:
     """A Lifeline service for ``settings``; ``handlers`` are the stage handlers its workers run."""
+    install_redaction()  # WebSocket clients send their token in the query string
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -198,6 +207,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(StoreError, store_error)
+
+    async def dependency_error(_: Request, exc: Exception) -> Response:
+        # a route that must reach an external service (deleting a recording's Qdrant points) while
+        # that service or its breaker is down: nothing was changed, the client may try again
+        retry_after = exc.retry_after if isinstance(exc, DependencyUnavailable) else 30.0
+        return JSONResponse(
+            {"detail": f"a service this needs is unavailable: {exc}"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(max(1, round(retry_after)))},
+        )
+
+    app.add_exception_handler(DependencyUnavailable, dependency_error)
+    app.add_exception_handler(TransientError, dependency_error)
 
 
 def _allowed_methods(app: FastAPI, path: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -63,12 +64,29 @@ async def logout(ctx: Ctx, session: Session) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+def _same_origin(request: Request) -> bool:
+    """Whether a browser says the request comes from this site (non-browser clients say nothing)."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None
+    return urlsplit(origin).netloc == request.headers.get("host", request.url.netloc)
+
+
 @router.post("/auth/cookie/login", include_in_schema=False)
 async def cookie_login(
     request: Request, ctx: Ctx, form: Annotated[OAuth2PasswordRequestForm, Depends()]
 ) -> JSONResponse:
     """Log in for the dashboard: the session in an HttpOnly cookie, plus a CSRF cookie the page
-    reads and echoes in ``X-CSRF-Token`` on every request that changes something."""
+    reads and echoes in ``X-CSRF-Token`` on every request that changes something.
+
+    A login form posted from another site would log the victim into the attacker's account (whose
+    uploads they would then fill): cross-site requests are refused by the browser's own
+    ``Sec-Fetch-Site`` header, or, from browsers without it, by ``Origin``."""
+    if not _same_origin(request):
+        return JSONResponse({"detail": "cross-site login refused"}, status_code=status.HTTP_403_FORBIDDEN)
     found = await _login(request, ctx, form)
     if isinstance(found, JSONResponse):
         return found
