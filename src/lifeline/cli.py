@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -238,6 +239,35 @@ class _ProgressFile:
 _DONE_STATES = frozenset({"completed", "dead_letter", "cancelled"})
 
 
+def _submit_password(email: str, password_stdin: bool) -> str:
+    """The password for ``--email``: from stdin, from LIFELINE_PASSWORD, or asked for."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise typer.BadParameter("--password-stdin: no password on stdin")
+        return password
+    from_env = os.environ.get("LIFELINE_PASSWORD")
+    if from_env:
+        return from_env
+    prompted: str = typer.prompt(f"password for {email}", hide_input=True, err=True)
+    return prompted
+
+
+def _log_in(client: Any, email: str, password: str) -> str:
+    """A bearer token for ``email`` from ``/auth/jwt/login`` (exit 1 if the service refuses)."""
+    r = client.post("/auth/jwt/login", data={"username": email, "password": password})
+    if r.status_code != 200:
+        err_console.print(
+            f"[red]error:[/red] login as {email} failed ({r.status_code}): {_response_detail(r)}"
+        )
+        raise typer.Exit(1)
+    token = r.json().get("access_token")
+    if not isinstance(token, str) or not token:
+        err_console.print("[red]error:[/red] the login answer has no access_token")
+        raise typer.Exit(1)
+    return token
+
+
 @app.command()
 def submit(
     ctx: typer.Context,
@@ -247,59 +277,92 @@ def submit(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="show each file's stages until it is done")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 3600.0,
+    email: Annotated[
+        str | None,
+        typer.Option(
+            "--email",
+            help="log in as this user first (instead of --token); the password comes from"
+            " --password-stdin, LIFELINE_PASSWORD, or is asked for",
+        ),
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the --email user's password from stdin")
+    ] = False,
 ) -> None:
-    """Upload audio files to a running service (--url, --token) and, with --wait, follow them."""
+    """Upload audio files to a running service (--url, with --token or --email) and, with --wait,
+    follow them."""
     import httpx
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     target = ctx.find_root().obj
     target = target if isinstance(target, Target) else Target()
     settings = _settings()
     url = (target.url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    if not target.token:
-        raise typer.BadParameter("submit needs --token (or LIFELINE_TOKEN): a user's token")
-    headers = {"Authorization": f"Bearer {target.token}"}
-    accepted: list[tuple[str, str]] = []
-    failures = 0
-    with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(30.0, read=600.0)) as client:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=err_console,
-        ) as progress:
-            for path in files:
-                task = progress.add_task(path.name, total=path.stat().st_size)
-                data = {"device_name": device} if device else {}
-                try:
-                    with path.open("rb") as f:
-                        wrapped = _ProgressFile(f, functools.partial(progress.advance, task))
-                        r = client.post(
-                            "/api/audio/upload",
-                            files=[("files", (path.name, wrapped, "application/octet-stream"))],  # type: ignore[list-item]
-                            data=data,
-                        )
-                except httpx.HTTPError as exc:
-                    err_console.print(f"[red]error:[/red] {url}: {type(exc).__name__}: {exc}")
-                    raise typer.Exit(1) from exc
-                if r.status_code == 202:
-                    item = r.json()["files"][0]
-                    if item.get("status") == "queued":
-                        accepted.append((path.name, item["audio_uuid"]))
-                        progress.console.print(
-                            f"{path.name}: queued as {item['audio_uuid']} ({item['duration_seconds']:.1f} s)"
-                        )
-                        continue
-                    detail = item.get("error")
-                else:
-                    detail = _response_detail(r)
-                failures += 1
-                progress.console.print(f"[red]{path.name}: refused ({r.status_code}):[/red] {detail}")
-        if wait and accepted:
-            failures += _follow(client, accepted, timeout)
+    if password_stdin and email is None:
+        raise typer.BadParameter("--password-stdin needs --email")
+    if email is None and not target.token:
+        raise typer.BadParameter(
+            "submit needs --token (or LIFELINE_TOKEN), a user's token, or --email to log in"
+        )
+    password = _submit_password(email, password_stdin) if email is not None else None
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, read=600.0)) as client:
+        try:
+            if email is not None and password is not None:
+                token = _log_in(client, email, password)
+            else:
+                token = str(target.token)
+            client.headers["Authorization"] = f"Bearer {token}"
+            failures = _upload_all(client, files, device, wait, timeout)
+        except httpx.HTTPError as exc:
+            err_console.print(f"[red]error:[/red] {url}: {type(exc).__name__}: {exc}")
+            raise typer.Exit(1) from exc
+        finally:
+            if email is not None and "Authorization" in client.headers:
+                # the token was ours for this run only: revoke it (a failure here changes nothing)
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post("/auth/jwt/logout")
     if failures:
         raise typer.Exit(1)
+
+
+def _upload_all(client: Any, files: list[Path], device: str | None, wait: bool, timeout: float) -> int:
+    """Upload each file with a progress bar, then (``wait``) follow them; how many failed."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    accepted: list[tuple[str, str]] = []
+    failures = 0
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+    ) as progress:
+        for path in files:
+            task = progress.add_task(path.name, total=path.stat().st_size)
+            data = {"device_name": device} if device else {}
+            with path.open("rb") as f:
+                wrapped = _ProgressFile(f, functools.partial(progress.advance, task))
+                r = client.post(
+                    "/api/audio/upload",
+                    files=[("files", (path.name, wrapped, "application/octet-stream"))],
+                    data=data,
+                )
+            if r.status_code == 202:
+                item = r.json()["files"][0]
+                if item.get("status") == "queued":
+                    accepted.append((path.name, item["audio_uuid"]))
+                    progress.console.print(
+                        f"{path.name}: queued as {item['audio_uuid']} ({item['duration_seconds']:.1f} s)"
+                    )
+                    continue
+                detail = item.get("error")
+            else:
+                detail = _response_detail(r)
+            failures += 1
+            progress.console.print(f"[red]{path.name}: refused ({r.status_code}):[/red] {detail}")
+    if wait and accepted:
+        failures += _follow(client, accepted, timeout)
+    return failures
 
 
 def _response_detail(r: Any) -> str:

@@ -78,3 +78,51 @@ async def test_the_page_needs_no_login_but_the_data_does(api: Api) -> None:
     r = await api.client.get("/dashboard/", follow_redirects=False)
     assert r.status_code == 308
     assert r.headers["location"] == "/dashboard"
+
+
+def _api_paths_in_scripts() -> set[str]:
+    """Every API path the dashboard's scripts call, with each ``${…}`` as one path segment."""
+    static = Path(lifeline.dashboard.__file__).parent / "static"
+    consts = {"FR": "/api/failure-recovery", "base": "/api/conversations/{}"}
+    found: set[str] = set()
+    for script in static.rglob("*.js"):
+        text = script.read_text(encoding="utf-8")
+        for literal in re.findall(
+            r'`(\$\{(?:FR|base)\}[^`]*|/(?:api|auth|users)/[^`]*)`|"(/(?:api|auth|users)/[^"]*)"', text
+        ):
+            path = literal[0] or literal[1]
+            for name, value in consts.items():
+                path = path.replace(f"${{{name}}}", value)
+            found.add(re.sub(r"\$\{[^}]*\}", "{}", path))
+    return found
+
+
+async def test_every_api_path_the_dashboard_calls_exists(api: Api) -> None:
+    paths = _api_paths_in_scripts()
+    # the pages added later are among them (a renamed route would break them without this test)
+    assert {
+        "/api/memories",
+        "/api/memories/{}",
+        "/api/action-items",
+        "/api/action-items/{}",
+        "/api/failure-recovery/health/{}/history",
+    } <= paths
+    schema = (await api.client.get("/openapi.json")).json()
+    templates = [re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$") for p in schema["paths"]]
+    templates += [re.compile(r"^/auth/cookie/(login|logout)$")]  # cookie routes are not in the schema
+    missing = sorted(
+        p
+        for p in paths
+        if p != "/api/failure-recovery" and not any(t.match(p.replace("{}", "x")) for t in templates)
+    )
+    assert missing == []
+
+
+async def test_every_nav_link_has_a_route(api: Api) -> None:
+    page = (await api.client.get("/dashboard")).text
+    links = re.findall(r'href="#/([a-z_-]+)" data-nav="([a-z_-]+)"', page)
+    assert {name for name, _ in links} == {"overview", "recordings", "memories", "action-items", "operations"}
+    app = (await api.client.get("/dashboard/static/app.js")).text
+    for name, nav in links:
+        assert name == nav
+        assert re.search(rf"\[/\^#\\/{re.escape(name)}[($]", app), name

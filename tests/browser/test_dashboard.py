@@ -1,13 +1,16 @@
 """The dashboard, end to end in chromium: log in, upload speech and watch it complete, read its
 page; operate the dead-letter queue, queues, breakers, health and cleanup as the superuser; and a
-normal user who sees only their own recordings and no operations. Screenshots of the overview and
-of a recording's page are written to tests/artifacts/ on every run."""
+normal user who sees only their own recordings and no operations; search memories and tick off
+action items across recordings; the services' response-time trends drawn from their recorded
+checks. Screenshots of the overview, a recording's page and the memories page are written to
+tests/artifacts/ on every run."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from playwright.sync_api import expect
@@ -32,6 +35,25 @@ def _upload_via_api(site: Site, token: str, filename: str) -> str:
     assert r.status_code == 202, r.text
     audio_uuid: str = r.json()["files"][0]["audio_uuid"]
     return audio_uuid
+
+
+def _completed(site: Site, token: str, audio_uuid: str) -> dict[str, Any]:
+    deadline = time.monotonic() + COMPLETED_WITHIN / 1000
+    while True:
+        r = site.api("GET", f"/api/conversations/{audio_uuid}", token)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        if body["status"] in ("completed", "dead_letter", "cancelled"):
+            assert body["status"] == "completed", body
+            return body
+        assert time.monotonic() < deadline, f"{audio_uuid} not done: {body}\n{site.server.log_tail()}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def hiking(site: Site) -> dict[str, Any]:
+    """A recording of the superuser's, completed, with its memories and action items."""
+    return _completed(site, site.admin_token, _upload_via_api(site, site.admin_token, "hiking.wav"))
 
 
 def test_upload_watch_it_complete_and_read_its_page(site: Site, open_tab: Callable[..., Tab]) -> None:
@@ -203,6 +225,17 @@ def test_a_normal_user_sees_only_their_own_on_a_phone(site: Site, open_tab: Call
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     tab.screenshot("dashboard-phone-recordings.png")
 
+    # their memories and action items: only from their own recordings, and no wider than the phone
+    _completed(site, user_token, own)
+    for nav, heading in (("Memories", "Memories"), ("Action items", "Action items")):
+        page.get_by_role("link", name=nav).click()
+        expect(page.get_by_role("heading", level=1)).to_have_text(heading)
+        expect(page.locator("main .muted").first).to_contain_text("Your ")
+        links = page.locator("main a.rec-link")
+        expect(links.first).to_be_visible()
+        assert set(links.evaluate_all("els => els.map(e => e.dataset.uuid)")) == {own}
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
     page.goto(f"{site.dashboard}#/operations")
     expect(page.get_by_role("heading", level=1)).to_have_text("Operations")
     expect(page.get_by_role("alert")).to_contain_text("superusers only")
@@ -243,6 +276,131 @@ def test_keyboard_login_and_logout(site: Site, open_tab: Callable[..., Tab]) -> 
     # the token itself is revoked on the server
     r = site.api("GET", "/users/me", session["value"])
     assert r.status_code == 401
+    assert tab.errors == []
+
+
+def test_search_memories_and_delete_one(
+    site: Site, open_tab: Callable[..., Tab], hiking: dict[str, Any]
+) -> None:
+    audio_uuid = hiking["audio_uuid"]
+    mine = [m for m in hiking["memories"] if "hiking" in m["text"].lower()]
+    assert mine, hiking["memories"]
+    tab = open_tab(viewport={"width": 1280, "height": 900})
+    page = tab.page
+    tab.login(site, *ADMIN)
+    page.get_by_role("link", name="Memories").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Memories")
+    expect(page.get_by_role("link", name="Memories")).to_have_attribute("aria-current", "page")
+
+    # search with the keyboard: type the word, Enter
+    page.get_by_label("Search memories").fill("hiking")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"#/memories\?q=hiking$"))
+    found = page.locator("#memory-list li.memory")
+    expected = site.api("GET", "/api/memories", site.admin_token, params={"q": "hiking"}).json()["items"]
+    expect(found).to_have_count(len(expected))
+    for text in found.locator(".memory-text").all_inner_texts():
+        assert "hiking" in text.lower(), text
+    ours = page.locator(f'#memory-list li.memory[data-memory="{mine[0]["id"]}"]')
+    expect(ours.locator(".memory-text")).to_have_text(mine[0]["text"])
+    expect(ours.locator(f'a[data-uuid="{audio_uuid}"]')).to_have_attribute(
+        "href", f"#/recordings/{audio_uuid}"
+    )
+    tab.screenshot("dashboard-memories.png")
+
+    # words it does not hold find nothing; "Show all" lists every memory again
+    page.get_by_label("Search memories").fill("xylophone zeppelin")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#memory-list")).to_have_text("No memories match “xylophone zeppelin”.")
+    page.get_by_role("button", name="Show all").click()
+    expect(page).to_have_url(re.compile(r"#/memories$"))
+    expect(found.first).to_be_visible()
+
+    # the address keeps the search: opened anew, it shows the same; the link leads to the recording
+    page.goto(f"{site.dashboard}#/memories?q=hiking")
+    expect(page.get_by_label("Search memories")).to_have_value("hiking")
+    expect(found).to_have_count(len(expected))
+    ours.get_by_role("link", name=audio_uuid).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("hiking.wav")
+    expect(page.locator("#memories")).to_contain_text(mine[0]["text"])
+
+    # delete it (after confirming): gone from the page and from the server
+    page.go_back()
+    expect(page.get_by_label("Search memories")).to_have_value("hiking")
+    page.once("dialog", lambda dialog: dialog.accept())
+    ours.get_by_role("button", name=f"Delete memory: {mine[0]['text']}").click()
+    expect(page.locator("#status")).to_contain_text("Memory deleted")
+    expect(ours).to_have_count(0)
+    expect(found).to_have_count(len(expected) - 1)
+    left = site.api("GET", f"/api/conversations/{audio_uuid}", site.admin_token).json()["memories"]
+    assert mine[0]["id"] not in {m["id"] for m in left}
+    assert tab.errors == []
+
+
+def test_tick_action_items_done_and_open_again(
+    site: Site, open_tab: Callable[..., Tab], hiking: dict[str, Any]
+) -> None:
+    [item] = [a for a in hiking["action_items"] if "dentist" in a["text"].lower()]
+    assert item["status"] == "open"
+    tab = open_tab(viewport={"width": 1280, "height": 900})
+    page = tab.page
+    tab.login(site, *ADMIN)
+    page.get_by_role("link", name="Action items").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Action items")
+    in_open = page.locator(f'#items-open li[data-item="{item["id"]}"]')
+    in_done = page.locator(f'#items-done li[data-item="{item["id"]}"]')
+    expect(in_open).to_have_count(1)
+    expect(in_done).to_have_count(0)
+    expect(in_open.locator("label")).to_have_text(item["text"])
+    expect(in_open.locator(f'a[data-uuid="{hiking["audio_uuid"]}"]')).to_be_visible()
+
+    # tick it with the keyboard (a PATCH with the CSRF header): it moves to "Done"
+    in_open.get_by_role("checkbox").focus()
+    page.keyboard.press("Space")
+    expect(page.locator("#status")).to_contain_text(f"Marked done: {item['text']}")
+    expect(in_done).to_have_count(1)
+    expect(in_open).to_have_count(0)
+    expect(in_done.get_by_role("checkbox")).to_be_checked()
+    r = site.api("GET", "/api/action-items", site.admin_token, params={"status": "done", "limit": 200})
+    assert item["id"] in {a["id"] for a in r.json()["items"]}
+
+    # and back
+    in_done.get_by_role("checkbox").uncheck()
+    expect(in_open).to_have_count(1)
+    expect(in_done).to_have_count(0)
+    expect(in_open.get_by_role("checkbox")).not_to_be_checked()
+    detail = site.api("GET", f"/api/conversations/{hiking['audio_uuid']}", site.admin_token).json()
+    assert [a["status"] for a in detail["action_items"] if a["id"] == item["id"]] == ["open"]
+    assert tab.errors == []
+
+
+def test_overview_trend_is_drawn_from_the_recorded_checks(site: Site, open_tab: Callable[..., Tab]) -> None:
+    # the server checks once at start (LIFELINE_HEALTH_INTERVAL is an hour): three more of the store
+    for _ in range(3):
+        r = site.api("POST", "/api/failure-recovery/health/store/check", site.admin_token)
+        assert r.status_code == 200, r.text
+    history = site.api(
+        "GET", "/api/failure-recovery/health/store/history", site.admin_token, params={"limit": 30}
+    ).json()["checks"]
+    answered = [c for c in history if c["latency_ms"] is not None]
+    assert len(answered) >= 4
+
+    tab = open_tab(viewport={"width": 1280, "height": 900})
+    page = tab.page
+    tab.login(site, *USER)  # a normal user sees the services' health too
+    spark = page.locator('#services .trend[data-service="store"] svg.spark')
+    expect(spark).to_have_attribute("data-points", str(len(answered)))
+    expect(spark).to_have_attribute(
+        "aria-label", re.compile(f"^store: response times of the last {len(history)} checks")
+    )
+    # one path command per recorded answer, left to right in time order
+    d = spark.locator("path.line").get_attribute("d")
+    assert d is not None
+    xs = [float(x) for x in re.findall(r"[ML]([\d.]+),", d)]
+    assert len(xs) == len(answered)
+    assert xs == sorted(xs)
+    assert xs[0] < xs[-1]
+    tab.screenshot("dashboard-overview-trends.png")
     assert tab.errors == []
 
 

@@ -1,7 +1,7 @@
 """End to end with real speech: a real ``lifeline serve`` (the embedded pipeline: Whisper-base and
-the rule-based extractors) fed espeak-ng sentences by upload (through ``lifeline submit --wait``),
-over /ws_pcm and over /ws_omi; then a server killed mid-stream whose committed frames are still
-transcribed after the restart."""
+the rule-based extractors) fed espeak-ng sentences by upload (through ``lifeline submit --wait``,
+and ``lifeline submit --email``, which logs in first), over /ws_pcm and over /ws_omi; then a
+server killed mid-stream whose committed frames are still transcribed after the restart."""
 
 from __future__ import annotations
 
@@ -120,6 +120,64 @@ def test_upload_with_lifeline_submit_wait(server: tuple[Server, str], tmp_path: 
     assert item["source"] == "upload"
     assert item["client_id"].endswith("-laptop")
     check_speech(wait_done(s, token, item["audio_uuid"]), SPEECH)
+
+
+def _submit(
+    s: Server, cwd: Path, *args: str, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``lifeline --url <server> submit <args>`` without the caller's LIFELINE_* settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "lifeline", "--url", s.url, "submit", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}, **env},
+        check=False,
+    )
+
+
+def _own_filenames(s: Server, token: str) -> list[str]:
+    r = httpx.get(f"{s.url}/api/conversations", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return [c["filename"] for c in r.json()["items"]]
+
+
+@pytest.mark.parametrize("how", ["password-stdin", "LIFELINE_PASSWORD"])
+def test_lifeline_submit_logs_in_with_email(server: tuple[Server, str], tmp_path: Path, how: str) -> None:
+    s, token = server
+    wav = tmp_path / f"login-{how}.wav"
+    wav.write_bytes(espeak_wav(SHORT))
+    if how == "password-stdin":
+        done = _submit(s, tmp_path, str(wav), "--email", USER[0], "--password-stdin", stdin=USER[1] + "\n")
+    else:
+        done = _submit(s, tmp_path, str(wav), "--email", USER[0], LIFELINE_PASSWORD=USER[1])
+    assert done.returncode == 0, done.stdout + done.stderr + s.log_tail()
+    assert f"{wav.name}: queued as" in done.stdout + done.stderr
+    assert USER[1] not in done.stdout + done.stderr
+    # the upload is the user's, the one who logged in: their list holds only their own
+    assert wav.name in _own_filenames(s, token)
+
+
+def test_lifeline_submit_with_a_wrong_password_uploads_nothing(
+    server: tuple[Server, str], tmp_path: Path
+) -> None:
+    s, token = server
+    wav = tmp_path / "refused.wav"
+    wav.write_bytes(espeak_wav(SHORT))
+    done = _submit(s, tmp_path, str(wav), "--email", USER[0], LIFELINE_PASSWORD="not-the-password")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"login as {USER[0]} failed (400)" in done.stderr
+    assert "queued as" not in done.stdout + done.stderr
+    assert "refused.wav" not in _own_filenames(s, token)
+    # neither a token nor an e-mail: refused before anything is sent
+    bare = _submit(s, tmp_path, str(wav))
+    assert bare.returncode == 2
+    assert "--email" in bare.stderr
+    alone = _submit(s, tmp_path, str(wav), "--password-stdin", stdin="x\n")
+    assert alone.returncode == 2
+    assert "needs --email" in alone.stderr
 
 
 async def stream(url: str, frames: list[bytes]) -> str:

@@ -18,6 +18,7 @@ from lifeline.api.schemas import (
     ActionResultOut,
     CleanupOut,
     ClientStatsOut,
+    HealthHistoryOut,
     JobDetailOut,
     JobOut,
     JobPage,
@@ -28,7 +29,14 @@ from lifeline.api.schemas import (
     RecoveryStatsOut,
     SystemOverviewOut,
 )
-from lifeline.api.services import breaker_list, breaker_one, health_check_now, health_one, health_summary
+from lifeline.api.services import (
+    breaker_list,
+    breaker_one,
+    health_check_now,
+    health_history,
+    health_one,
+    health_summary,
+)
 from lifeline.domain import Job, JobState, NotFound, Stage, User
 from lifeline.store.base import QueueStats
 
@@ -170,6 +178,18 @@ async def health(ctx: Ctx, _: CurrentUser) -> dict[str, Any]:
 @router.get("/health/{service_name}", response_model=dict[str, Any], responses=_NOT_FOUND)
 async def health_service(service_name: ServiceName, ctx: Ctx, _: CurrentUser) -> dict[str, Any]:
     return await health_one(ctx, service_name)
+
+
+@router.get("/health/{service_name}/history", response_model=HealthHistoryOut, responses=_NOT_FOUND)
+async def health_service_history(
+    service_name: ServiceName,
+    ctx: Ctx,
+    _: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=200, description="how many of the latest checks")] = 30,
+) -> HealthHistoryOut:
+    """The service's latest checks, oldest first: when, the status, the response time, the error.
+    The monitor keeps the latest 200 per service."""
+    return await health_history(ctx, service_name, limit)
 
 
 @router.post("/health/{service_name}/check", response_model=dict[str, Any], responses=_ADMIN_NOT_FOUND)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from lifeline.domain import Attempt, Job, JobInfo, JobState, RecordingStatus, User
+from lifeline.health import HealthCheck, HealthStatus
 from lifeline.store.base import QueueStats, RecordingReport, RecoveryStats
 
 
@@ -264,3 +265,22 @@ class SystemOverviewOut(BaseModel):
 class HealthOut(BaseModel):
     status: str
     components: dict[str, dict[str, Any]]
+
+
+class HealthCheckOut(BaseModel):
+    """One check of a service as the monitor recorded it."""
+
+    checked_at: float = Field(description="when the check finished (Unix seconds)")
+    status: HealthStatus
+    latency_ms: float | None = Field(description="time until the answer; null when there was none")
+    error: str | None
+
+    @classmethod
+    def of(cls, check: HealthCheck) -> HealthCheckOut:
+        latency = None if check.latency is None else round(check.latency * 1000, 2)
+        return cls(checked_at=check.checked_at, status=check.status, latency_ms=latency, error=check.error)
+
+
+class HealthHistoryOut(BaseModel):
+    service: str
+    checks: list[HealthCheckOut] = Field(description="the latest checks, oldest first")

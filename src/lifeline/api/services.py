@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import HTTPException, status
 
 from lifeline.api.context import AppContext
+from lifeline.api.schemas import HealthCheckOut, HealthHistoryOut
 
 
 def _missing(kind: str, name: str) -> HTTPException:
@@ -46,3 +47,11 @@ async def health_check_now(ctx: AppContext, name: str) -> dict[str, Any]:
         raise _missing("monitored service", name)
     result: dict[str, Any] = await ctx.health.check_now(name)
     return result
+
+
+async def health_history(ctx: AppContext, name: str, limit: int) -> HealthHistoryOut:
+    """The service's latest ``limit`` checks, oldest first (the store answers newest first)."""
+    if ctx.health is None or name not in ctx.health.service_names():
+        raise _missing("monitored service", name)
+    checks = await ctx.store.health_history(name, limit=limit)
+    return HealthHistoryOut(service=name, checks=[HealthCheckOut.of(c) for c in reversed(checks)])

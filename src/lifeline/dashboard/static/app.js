@@ -2,7 +2,9 @@
 
 import { api, ApiError, hasSession, onUnauthorized } from "./api.js";
 import { clear, h } from "./dom.js";
+import { actionItemsView } from "./views/action_items.js";
 import { loginView } from "./views/login.js";
+import { memoriesView } from "./views/memories.js";
 import { operationsView } from "./views/operations.js";
 import { overviewView } from "./views/overview.js";
 import { recordingView } from "./views/recording.js";
@@ -45,11 +47,14 @@ export function errorText(error) {
 export function live(refresh, banner) {
   let stopped = false;
   let timer = null;
+  let inflight = Promise.resolve();
   const tick = async () => {
     if (stopped) return;
     if (!document.hidden) {
       try {
-        await refresh();
+        const run = refresh();
+        inflight = run.catch(() => {});
+        await run;
         if (banner && !stopped) banner.hidden = true;
       } catch (error) {
         if (stopped || (error instanceof ApiError && error.status === 401)) return;
@@ -70,10 +75,12 @@ export function live(refresh, banner) {
   document.addEventListener("visibilitychange", wake);
   tick();
   return {
+    /** Stop polling; answers a promise that settles once the refresh in flight (if any) is done. */
     stop() {
       stopped = true;
       clearTimeout(timer);
       document.removeEventListener("visibilitychange", wake);
+      return inflight;
     },
     now: wake,
   };
@@ -95,7 +102,7 @@ function showShell() {
   who.hidden = !logged;
   document.getElementById("nav-operations").hidden = !(logged && app.user.is_superuser);
   document.getElementById("who-email").textContent = logged ? app.user.email : "";
-  const current = (location.hash.match(/^#\/([a-z_]+)/) || [])[1] || "";
+  const current = (location.hash.match(/^#\/([a-z_-]+)/) || [])[1] || "";
   for (const link of nav.querySelectorAll("a[data-nav]")) {
     const here = current === link.dataset.nav;
     if (here) link.setAttribute("aria-current", "page");
@@ -107,8 +114,20 @@ const ROUTES = [
   [/^#\/overview$/, overviewView],
   [/^#\/recordings$/, recordingsView],
   [/^#\/recordings\/([^/]+)$/, recordingView],
+  [/^#\/memories(?:\?q=([^&]*))?$/, memoriesView],
+  [/^#\/action-items$/, actionItemsView],
   [/^#\/operations$/, operationsView],
 ];
+
+/** A part of the address as text: "" when absent, as written when it is not valid %-encoding. */
+function decodeParam(part) {
+  if (part === undefined) return "";
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
 
 function route() {
   app.stop();
@@ -123,7 +142,7 @@ function route() {
     const match = hash.match(pattern);
     if (match) {
       showShell();
-      const params = match.slice(1).map(decodeURIComponent);
+      const params = match.slice(1).map(decodeParam);
       app.stop = view({ user: app.user, params, frame, live, toast, errorText }) || (() => {});
       return;
     }
@@ -138,11 +157,16 @@ function loggedIn(user) {
 }
 
 async function logout() {
+  // no refresh may start, or still be on its way, once the session is revoked (it would get a 401)
+  const stopping = app.stop();
+  app.stop = () => {};
+  await Promise.resolve(stopping);
   try {
     await api("/auth/cookie/logout", { method: "POST" });
   } catch (error) {
     if (!(error instanceof ApiError && error.status === 401)) {
       toast(`Could not log out: ${errorText(error)}`, "error");
+      route(); // still logged in: show the page again
       return;
     }
   }

@@ -1,4 +1,4 @@
-// Small SVG charts drawn from numbers the page polled: no library, no canvas, readable by CSS.
+// Small SVG charts drawn from numbers the page polled or the API kept: no library, no canvas, readable by CSS.
 
 import { h, s } from "./dom.js";
 
@@ -58,16 +58,32 @@ export function lineChart(series, { description, unit = "", width = 640, height 
   );
 }
 
-/** A tiny trend line of [t, value] points (response times), or a dash when there are too few. */
-export function sparkline(points, description) {
-  if (points.length < 2) return h("span", { class: "muted" }, "—");
+/**
+ * A tiny trend line of [t, value] points (response times), with `marks` (times of checks that had
+ * no value: failures) as dots on the baseline; a dash when there is too little to draw. The SVG
+ * says how many points its line has in data-points.
+ */
+export function sparkline(points, description, marks = []) {
+  if (points.length + marks.length < 2) return h("span", { class: "muted" }, "—");
   const width = 120;
   const height = 28;
-  const sc = scale(points, width, height, 3);
+  const pad = 3;
+  const sc = scale([...points, ...marks.map((t) => [t, 0])], width, height, pad);
+  const last = points[points.length - 1];
   return s(
     "svg",
-    { viewBox: `0 0 ${width} ${height}`, class: "spark", role: "img", "aria-label": description },
-    s("path", { d: path(points, sc), class: "line series-0" }),
+    {
+      viewBox: `0 0 ${width} ${height}`,
+      class: "spark",
+      role: "img",
+      "aria-label": description,
+      "data-points": String(points.length),
+      "data-marks": String(marks.length),
+    },
+    s("title", null, description),
+    points.length >= 2 ? s("path", { d: path(points, sc), class: "line series-0" }) : null,
+    last ? s("circle", { cx: sc.x(last[0]).toFixed(1), cy: sc.y(last[1]).toFixed(1), r: 2, class: "dot series-0" }) : null,
+    marks.map((t) => s("circle", { cx: sc.x(t).toFixed(1), cy: height - pad, r: 2, class: "mark" })),
   );
 }
 

@@ -1,10 +1,24 @@
 // Overview: each stage's jobs by state and throughput, the services and breakers, recent failures.
 
 import { api, STAGES } from "../api.js";
-import { lineChart, recall, remember, Samples, sparkline } from "../chart.js";
+import { lineChart, Samples, sparkline } from "../chart.js";
 import { badge, fmtClock, fmtMs, fmtTime, h, label, patch, table } from "../dom.js";
 
 const STATES = ["pending", "processing", "retry", "failed", "completed", "dead_letter", "cancelled"];
+const TREND_CHECKS = 30; // how many of each service's latest checks its trend shows
+
+/** A service's response-time trend from its recorded checks (oldest first). */
+function trend(name, checks) {
+  const points = checks.filter((c) => c.latency_ms !== null).map((c) => [c.checked_at, c.latency_ms]);
+  const failed = checks.filter((c) => c.latency_ms === null).map((c) => c.checked_at);
+  const values = points.map((p) => p[1]);
+  let description = `${name}: response times of the last ${checks.length} checks`;
+  if (values.length) {
+    description += `, from ${fmtMs(Math.min(...values))} to ${fmtMs(Math.max(...values))}, latest ${fmtMs(values[values.length - 1])}`;
+  }
+  if (failed.length) description += `; ${failed.length} without an answer`;
+  return sparkline(points, description, failed);
+}
 
 function stageCards(queues) {
   return h(
@@ -36,18 +50,17 @@ function stageCards(queues) {
   );
 }
 
-function servicesTable(health, breakers, trends) {
+function servicesTable(health, breakers, histories) {
   const services = health.services || {};
   const names = Object.keys(services);
   const rows = names.map((name) => {
     const svc = services[name];
-    const points = (trends[name] || []).map((p) => [p.t, p.ms]);
     return [
       h("strong", null, name),
       badge(svc.status),
       svc.last_error ? h("span", { class: "error-text" }, svc.last_error) : svc.detail || "",
       `${fmtMs(svc.last_response_ms)} (p50 ${fmtMs(svc.p50_ms)}, p95 ${fmtMs(svc.p95_ms)})`,
-      sparkline(points, `${name} response times, last ${points.length} checks`),
+      h("span", { class: "trend", "data-service": name }, trend(name, histories[name] ? histories[name].checks : [])),
       svc.breaker ? badge(svc.breaker) : "—",
       fmtClock(svc.last_checked_at),
     ];
@@ -109,7 +122,20 @@ export function overviewView({ user, frame, live }) {
     h("section", { "aria-labelledby": "h-failures" }, h("h2", { id: "h-failures" }, "Recent failures"), failures),
   );
   const throughput = new Samples("throughput");
-  const trends = recall("response-times", {});
+  // each service's latest checks, fetched again only when the service was checked since
+  const histories = {};
+  const refreshHistories = async (services) => {
+    for (const name of Object.keys(histories)) if (!(name in services)) delete histories[name];
+    await Promise.all(
+      Object.entries(services).map(async ([name, svc]) => {
+        if (histories[name] && histories[name].at === svc.last_checked_at) return;
+        const answer = await api(`/api/failure-recovery/health/${encodeURIComponent(name)}/history`, {
+          query: { limit: TREND_CHECKS },
+        });
+        histories[name] = { at: svc.last_checked_at, checks: answer.checks };
+      }),
+    );
+  };
 
   const poll = live(async () => {
     const [overview, ...perQueue] = await Promise.all([
@@ -120,13 +146,7 @@ export function overviewView({ user, frame, live }) {
     const values = {};
     for (const q of STAGES) values[q] = overview.queues[q] ? overview.queues[q].completed_last_minute : 0;
     throughput.add({ t: now, values });
-    for (const [name, svc] of Object.entries(overview.health.services || {})) {
-      if (svc.last_checked_at === null || svc.last_response_ms === null) continue;
-      const list = (trends[name] = trends[name] || []);
-      if (!list.length || list[list.length - 1].t !== svc.last_checked_at) list.push({ t: svc.last_checked_at, ms: svc.last_response_ms });
-      if (list.length > 60) list.splice(0, list.length - 60);
-    }
-    remember("response-times", trends);
+    await refreshHistories(overview.health.services || {});
 
     patch(stages, overview.queues, stageCards);
     const r = overview.recovery;
@@ -139,8 +159,8 @@ export function overviewView({ user, frame, live }) {
     patch(chart, series, (data) =>
       lineChart(data, { description: "Jobs completed per minute, by stage, over the last minutes", unit: "/min" }),
     );
-    patch(services, { health: overview.health, breakers: overview.circuit_breakers, trends }, (d) =>
-      servicesTable(d.health, d.breakers, d.trends),
+    patch(services, { health: overview.health, breakers: overview.circuit_breakers, histories }, (d) =>
+      servicesTable(d.health, d.breakers, d.histories),
     );
     const recent = perQueue
       .flatMap((q) => q.recent_failures)
