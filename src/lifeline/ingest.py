@@ -7,14 +7,17 @@ Independent of HTTP: the routes in :mod:`lifeline.api.routes_audio` call these f
   in memory a second time), and only then enqueues the recording's ``chunk`` job. When decoding
   fails half-way the recording is deleted again: bad input leaves nothing behind.
 - :class:`StreamSession` is one WebSocket conversation: it creates its recording on the first
-  audio, commits what it has buffered at least every second of audio, and closes the conversation
-  (the ``chunk`` job) on audio-stop, on disconnect, or after ``idle_seconds`` without audio.
+  audio, commits what it has buffered every second (of audio, or of time), and closes the
+  conversation (the ``chunk`` job) on audio-stop, on disconnect, or after ``idle_seconds`` without
+  audio.
 - :func:`sweep_unfinished` finds recordings nobody will ever close (the server died mid-stream, an
   upload was cut off by a crash): a stream's committed audio is handed to the pipeline, an
   unfinished upload is deleted.
 
 Closing a conversation is always the same idempotent enqueue (key ``close:<audio_uuid>``), so a
-session and the sweeper racing to close one recording create one job, never two.
+session and the sweeper racing to close one recording create one job, never two. Once closed (its
+first job inserted), a recording's audio is final: the store refuses more with :class:`Conflict`,
+and a session that meets that refusal carries its audio over into a new conversation.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -34,13 +37,15 @@ import numpy.typing as npt
 
 from lifeline import audio
 from lifeline.config import Settings
-from lifeline.domain import NotFound, Stage
+from lifeline.domain import Conflict, NotFound, Stage
 from lifeline.store.base import Store
 
 log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK_SECONDS: Final = 10.0
 STREAM_COMMIT_SECONDS: Final = 1.0
+# The sweeper waits this much longer than a session's idle timeout (at least; see sweep_margin).
+SWEEP_MARGIN_SECONDS: Final = 10.0
 SOURCE_UPLOAD: Final = "upload"
 SOURCE_STREAM: Final = "stream"
 
@@ -189,9 +194,17 @@ class StreamSession:
     """One WebSocket connection's audio: zero or more conversations, one after the other.
 
     :meth:`feed` takes 16 kHz mono s16le PCM. The first audio creates a recording (``source``
-    ``stream``); buffered audio is committed once it reaches ``commit_seconds`` (so a crash loses
-    at most that much); :meth:`close` commits the rest and enqueues the ``chunk`` job. After a
-    close, the next audio starts a new recording. Not safe for concurrent use: one task feeds it.
+    ``stream``); buffered audio is committed once it reaches ``commit_seconds`` of audio, or once
+    ``commit_seconds`` have passed since the last commit (so a crash loses at most that much, and
+    the recording's ``last_audio_at`` trails the last frame received by at most that much however
+    slowly a client sends: the sweeper relies on it). :meth:`close` commits the rest and enqueues
+    the ``chunk`` job. After a close, the next audio starts a new recording.
+
+    If the recording was closed by someone else meanwhile (the sweeper took this connection for
+    dead), its pipeline may already have read its audio, and the store refuses more of it
+    (:class:`Conflict`): the audio that was refused starts a new conversation instead, so it is
+    transcribed rather than appended where nobody reads it. Not safe for concurrent use: one task
+    feeds it.
     """
 
     def __init__(
@@ -202,6 +215,7 @@ class StreamSession:
         device_name: str | None,
         idle_seconds: float,
         commit_seconds: float = STREAM_COMMIT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.user_id = user_id
@@ -209,11 +223,14 @@ class StreamSession:
         self.client_id = client_id_for(user_id, device_name)
         self.idle_seconds = idle_seconds
         self._commit_bytes = max(2, int(commit_seconds * audio.BYTES_PER_SECOND) // 2 * 2)
+        self._commit_seconds = commit_seconds
+        self._clock = clock
         self.audio_uuid: str | None = None
         self._seq = 0
         self._bytes = 0
         self._buffer = bytearray()
-        self._last_audio = time.monotonic()
+        self._last_audio = clock()
+        self._last_commit = self._last_audio
 
     @property
     def open(self) -> bool:
@@ -221,7 +238,7 @@ class StreamSession:
 
     def idle_for(self) -> float:
         """Seconds since the last audio."""
-        return time.monotonic() - self._last_audio
+        return self._clock() - self._last_audio
 
     def idle_timeout(self) -> float | None:
         """Seconds until the open conversation times out (``None`` when none is open)."""
@@ -232,33 +249,55 @@ class StreamSession:
     async def feed(self, pcm: bytes) -> None:
         if not pcm:
             return
-        self._last_audio = time.monotonic()
+        self._last_audio = self._clock()
         if self.audio_uuid is None:
-            audio_uuid = uuid.uuid4().hex
-            await self.store.add_recording(
-                audio_uuid,
-                user_id=self.user_id,
-                client_id=self.client_id,
-                source=SOURCE_STREAM,
-                device_name=self.device_name,
-            )
-            self.audio_uuid, self._seq, self._bytes = audio_uuid, 0, 0
+            await self._start()
         self._buffer += pcm
-        if len(self._buffer) >= self._commit_bytes:
+        if (
+            len(self._buffer) >= self._commit_bytes
+            or self._last_audio - self._last_commit >= self._commit_seconds
+        ):
             await self._commit()
+
+    async def _start(self) -> None:
+        """A new recording for the conversation (its id is chosen here)."""
+        audio_uuid = uuid.uuid4().hex
+        await self.store.add_recording(
+            audio_uuid,
+            user_id=self.user_id,
+            client_id=self.client_id,
+            source=SOURCE_STREAM,
+            device_name=self.device_name,
+        )
+        self.audio_uuid, self._seq, self._bytes = audio_uuid, 0, 0
+        self._last_commit = self._clock()
 
     async def _commit(self) -> None:
         whole = len(self._buffer) // 2 * 2  # a trailing odd byte waits for its other half
         if self.audio_uuid is None or whole == 0:
             return
         data = bytes(self._buffer[:whole])
-        await self.store.append_audio(self.audio_uuid, self._seq, data)
+        try:
+            await self.store.append_audio(self.audio_uuid, self._seq, data)
+        except Conflict:
+            log.warning(
+                "recording %s was closed while its stream was still sending (by the sweeper?):"
+                " %.1f s of audio start a new conversation",
+                self.audio_uuid,
+                whole / audio.BYTES_PER_SECOND,
+            )
+            await self._start()
+            await self.store.append_audio(self.audio_uuid, self._seq, data)
         del self._buffer[:whole]
         self._seq += 1
         self._bytes += whole
+        self._last_commit = self._clock()
 
     async def close(self) -> ClosedConversation | None:
-        """Commit what is buffered and hand the conversation to the pipeline (``None`` if none)."""
+        """Commit what is buffered and hand the conversation to the pipeline (``None`` if none).
+
+        Closing a recording that was closed meanwhile (nothing left to commit) finds its job.
+        """
         if self.audio_uuid is None:
             return None
         await self._commit()
@@ -353,17 +392,37 @@ class SweepReport:
     deleted: list[str]
 
 
-async def sweep_unfinished(store: Store, idle_seconds: float) -> SweepReport:
-    """Close or delete recordings without a job and without audio for ``idle_seconds``.
+def sweep_margin(idle_seconds: float) -> float:
+    """How much longer than a session's idle timeout the sweeper waits: ``max(10 s, idle)``."""
+    return max(SWEEP_MARGIN_SECONDS, idle_seconds)
+
+
+async def sweep_unfinished(
+    store: Store, idle_seconds: float, *, margin: float | None = None, now: float | None = None
+) -> SweepReport:
+    """Close or delete recordings never closed and without audio for ``idle_seconds + margin``.
 
     A stream whose connection (or server) died before the conversation was handed over still has
     its committed audio: it gets its ``chunk`` job. A stream without any audio, and an upload that
     never finished (the server died while decoding it), is deleted. Recordings created by code
-    (source ``api``) are left alone.
+    (source ``api``) are left alone, and so is every recording that ever had a job (``closed_at``),
+    even once its jobs are gone.
+
+    Why the margin (``margin``, by default :func:`sweep_margin`): the sweeper sees a stream's last
+    *committed* audio (``last_audio_at``), while a live session times out ``idle_seconds`` after
+    the last frame it *received*, and commits up to a second of audio (or of time) later than it
+    received it, and then needs a moment to commit and enqueue. Sweeping at exactly
+    ``idle_seconds`` could close a conversation just before its own session does: the session's
+    last commit would then land after the ``chunk`` job may have read the audio, and those frames
+    would never be transcribed. The margin leaves a live session time to close its own
+    conversation; the store refusing audio of a closed recording (the session then starts a new
+    conversation) covers a session stalled longer than that. The cost is that a crashed stream is
+    handed over ``margin`` seconds later.
     """
     closed: list[str] = []
     deleted: list[str] = []
-    idle_before = time.time() - idle_seconds
+    wait = idle_seconds + (sweep_margin(idle_seconds) if margin is None else margin)
+    idle_before = (time.time() if now is None else now) - wait
     for row in await store.unfinished_recordings(idle_before=idle_before):
         try:
             if row.source == SOURCE_STREAM and row.audio_bytes > 0:

@@ -17,11 +17,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+import lifeline
 from lifeline import audio
 from lifeline.api import create_app
 from lifeline.auth import PasswordHashing
 from lifeline.domain import Stage
-from lifeline.ingest import StreamSession, client_id_for, close_key, sweep_unfinished
+from lifeline.ingest import StreamSession, client_id_for, close_key, sweep_margin, sweep_unfinished
 from lifeline.store.base import Store
 
 from .audio_helpers import Live, live_server, opus_packets, pcm16, tone
@@ -245,7 +246,10 @@ async def test_the_sweeper_closes_crashed_streams_and_deletes_unfinished_uploads
     report = await sweep_unfinished(store, idle_seconds=3600)
     assert report.closed == []
     assert report.deleted == []
-    report = await sweep_unfinished(store, idle_seconds=0)
+    report = await sweep_unfinished(store, idle_seconds=0)  # the margin: at least 10 s more
+    assert report.closed == []
+    assert report.deleted == []
+    report = await sweep_unfinished(store, idle_seconds=0, margin=0)
     assert report.closed == [crashed_uuid]
     assert sorted(report.deleted) == ["cut-upload", "empty-stream"]
     [job] = await store.list_jobs(recording_id=crashed_uuid)
@@ -255,4 +259,114 @@ async def test_the_sweeper_closes_crashed_streams_and_deletes_unfinished_uploads
     # a session that closes the same recording later makes no second job
     assert (await crashed.close()) is not None
     assert len(await store.list_jobs(recording_id=crashed_uuid)) == 1
-    assert (await sweep_unfinished(store, idle_seconds=0)).closed == []
+    assert (await sweep_unfinished(store, idle_seconds=0, margin=0)).closed == []
+
+
+# -- the sweeper and live sessions ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with lifeline.connect(f"sqlite:///{tmp_path}/s.db?synchronous=normal") as opened:
+        yield opened
+
+
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("idle", "margin"), [(1.0, 10.0), (60.0, 60.0), (600.0, 600.0)])
+async def test_the_sweeper_leaves_a_live_session_a_margin_past_its_idle_time(
+    store: Store, idle: float, margin: float
+) -> None:
+    assert sweep_margin(idle) == margin
+    session = StreamSession(store, user_id="user-123456", device_name="p", idle_seconds=idle)
+    await session.feed(pcm16(tone(1.0)))  # committed
+    rec = session.audio_uuid
+    assert rec is not None
+    last = (await store.get_recording(rec)).last_audio_at
+    assert last is not None
+    # the session itself would close at last + idle (+ up to a second): the sweeper waits longer
+    for now in (last + idle + 1.0, last + idle + margin - 0.5):
+        assert (await sweep_unfinished(store, idle, now=now)).closed == []
+    assert await store.list_jobs(recording_id=rec) == []
+    assert (await sweep_unfinished(store, idle, now=last + idle + margin + 0.5)).closed == [rec]
+
+
+async def test_a_session_whose_recording_was_swept_carries_its_audio_into_a_new_conversation(
+    store: Store,
+) -> None:
+    session = StreamSession(store, user_id="user-123456", device_name="p", idle_seconds=60)
+    await session.feed(pcm16(tone(1.0)))  # committed as chunk 0
+    first = session.audio_uuid
+    assert first is not None
+    # the sweeper takes the connection for dead and hands the recording over
+    assert (await sweep_unfinished(store, 60, margin=0, now=time.time() + 61)).closed == [first]
+    [swept_job] = await store.list_jobs(recording_id=first)
+    # the session lives on: its next commit is refused, and its audio starts a new recording
+    tail = pcm16(tone(0.5))
+    await session.feed(tail)
+    closed = await session.close()
+    assert closed is not None
+    assert closed.audio_uuid != first
+    assert closed.duration_seconds == pytest.approx(0.5)
+    assert await store.read_audio(closed.audio_uuid) == [(0, tail)]
+    [new_job] = await store.list_jobs(recording_id=closed.audio_uuid)
+    assert (new_job.id, new_job.queue, new_job.idempotency_key) == (
+        closed.job_id,
+        Stage.CHUNK.value,
+        close_key(closed.audio_uuid),
+    )
+    # the swept recording kept exactly what it had when it was handed over, and its one job
+    assert [seq for seq, _ in await store.read_audio(first)] == [0]
+    assert (await store.get_recording(first)).audio_bytes == 32_000
+    assert [j.id for j in await store.list_jobs(recording_id=first)] == [swept_job.id]
+    new = await store.get_recording(closed.audio_uuid)
+    assert (new.source, new.user_id, new.client_id) == (
+        "stream",
+        "user-123456",
+        client_id_for("user-123456", "p"),
+    )
+
+
+async def test_a_session_closed_by_the_sweeper_with_nothing_buffered_finds_its_job(store: Store) -> None:
+    session = StreamSession(store, user_id="user-123456", device_name="p", idle_seconds=60)
+    await session.feed(pcm16(tone(1.0)))
+    rec = session.audio_uuid
+    assert rec is not None
+    await sweep_unfinished(store, 60, margin=0, now=time.time() + 61)
+    [job] = await store.list_jobs(recording_id=rec)
+    closed = await session.close()
+    assert closed is not None
+    assert (closed.audio_uuid, closed.job_id) == (rec, job.id)
+    assert len(await store.list_jobs(recording_id=rec)) == 1
+
+
+async def test_a_slow_client_s_audio_is_committed_every_second_of_time(store: Store) -> None:
+    """last_audio_at trails the last frame received by at most a second, however slowly the
+    client sends (the sweeper's margin relies on it)."""
+    ticks = Ticks()
+    session = StreamSession(store, user_id="user-123456", device_name="p", idle_seconds=60, clock=ticks)
+    frame = pcm16(tone(0.1))
+    await session.feed(frame)
+    rec = session.audio_uuid
+    assert rec is not None
+    ticks.now += 0.5
+    await session.feed(frame)
+    assert await store.read_audio(rec) == []  # 0.2 s of audio, half a second: still buffered
+    ticks.now += 0.5
+    await session.feed(frame)
+    assert await store.read_audio(rec) == [(0, frame * 3)]
+    ticks.now += 0.2
+    await session.feed(frame)
+    assert len(await store.read_audio(rec)) == 1
+    assert session.idle_for() == 0.0
+    ticks.now += 3.0
+    assert session.idle_for() == 3.0
+    assert session.idle_timeout() == 57.0

@@ -5,14 +5,21 @@ replace their outputs as a whole."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import sqlite3
+from pathlib import Path
 
+import psycopg
 import pytest
 
-from conformance.backends import NEXT, OTHER, QUEUE, StoreFactory
+import lifeline
+import pg
+from conformance.backends import NEXT, OTHER, QUEUE, StoreFactory, store_url
 from conformance.helpers import claim_one
 from fakes import FakeClock
 from lifeline import JobState, LeaseLost, NextJob, NotFound, Store
-from lifeline.domain import Output
+from lifeline.domain import Conflict, Output
+from lifeline.store import migrations
 
 
 def pcm(seq: int, size: int) -> bytes:
@@ -53,7 +60,7 @@ async def test_a_recording_keeps_where_it_came_from(store: Store, clock: FakeClo
     row = await store.get_recording("up")
     assert (row.audio_uuid, row.user_id, row.client_id, row.created_at) == ("up", "u", "u-phone", clock.now)
     assert (row.source, row.device_name, row.filename) == ("upload", "phone", "a.wav")
-    assert (row.audio_bytes, row.audio_chunks, row.last_audio_at) == (0, 0, None)
+    assert (row.audio_bytes, row.audio_chunks, row.last_audio_at, row.closed_at) == (0, 0, None, None)
 
     await store.add_recording("plain")
     row = await store.get_recording("plain")
@@ -197,13 +204,179 @@ async def test_unfinished_recordings_are_idle_ones_without_any_job(store: Store,
     assert (row.source, row.audio_chunks, row.last_audio_at) == ("stream", 1, start + 25)
 
 
+# -- closed recordings ----------------------------------------------------------------------------
+
+
+async def clear_closed_at(factory: StoreFactory, rec: str) -> None:
+    """Clear ``closed_at`` behind the store's back, through a connection of its own: a recording
+    that has a job but is not closed (which the store never leaves), so that a path inserting a
+    job for a recording that already has one can be seen closing it."""
+    url = store_url(factory.backend, factory.location)
+
+    def run() -> None:
+        if factory.backend == "sqlite":
+            conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+            try:
+                conn.execute("UPDATE recordings SET closed_at = NULL WHERE audio_uuid = ?", (rec,))
+            finally:
+                conn.close()
+        else:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("UPDATE recordings SET closed_at = NULL WHERE audio_uuid = %s", (rec,))
+
+    await asyncio.to_thread(run)
+
+
+async def by_enqueue(store: Store, rec: str) -> None:
+    await store.enqueue(QUEUE, {}, recording_id=rec)
+
+
+async def by_idempotent_enqueue(store: Store, rec: str) -> None:
+    await store.enqueue(QUEUE, {}, recording_id=rec, idempotency_key=f"close:{rec}")
+
+
+async def by_enqueue_many(store: Store, rec: str) -> None:
+    await store.enqueue_many(QUEUE, [{}, {}], recording_id=rec)
+
+
+async def by_concurrent_enqueues(store: Store, rec: str) -> None:
+    """Enqueues that the writer merges into one multi-row INSERT (PostgreSQL) or one batch."""
+    await asyncio.gather(*(store.enqueue(QUEUE, {"n": n}, recording_id=rec) for n in range(5)))
+
+
+async def by_first_job(store: Store, rec: str) -> None:
+    await store.delete_recording(rec)
+    await store.add_recording(rec, first_job=NextJob(QUEUE, {}))
+
+
+async def by_next_job(store: Store, rec: str, factory: StoreFactory, clock: FakeClock) -> None:
+    """complete(then=): the parent job closes the recording first, so that is undone by hand."""
+    await store.enqueue(OTHER, {}, recording_id=rec)
+    parent = await claim_one(store, OTHER)
+    await clear_closed_at(factory, rec)
+    assert (await store.get_recording(rec)).closed_at is None
+    clock.advance(2)
+    await store.complete(parent, then=[NextJob(NEXT, {})])
+
+
+CLOSERS = {
+    "enqueue": by_enqueue,
+    "enqueue-idempotent": by_idempotent_enqueue,
+    "enqueue_many": by_enqueue_many,
+    "enqueue-merged": by_concurrent_enqueues,
+    "add_recording-first_job": by_first_job,
+}
+
+
+@pytest.mark.parametrize("path", [*CLOSERS, "complete-then"])
+async def test_every_path_that_inserts_a_job_closes_its_recording(
+    open_store: StoreFactory, clock: FakeClock, path: str
+) -> None:
+    store = await open_store()
+    start = clock.now
+    await store.add_recording("rec", source="stream")
+    await store.add_recording("bystander", source="stream")
+    clock.advance(5)
+    if path == "complete-then":
+        await by_next_job(store, "rec", open_store, clock)
+    else:
+        await CLOSERS[path](store, "rec")
+    closed_at = clock.now
+    assert closed_at > start
+    assert (await store.get_recording("rec")).closed_at == closed_at
+    assert [r.audio_uuid for r in await store.unfinished_recordings(idle_before=closed_at + 100)] == [
+        "bystander"
+    ]
+    # later jobs of the recording, and jobs without one, change nothing
+    clock.advance(5)
+    await store.enqueue(QUEUE, {}, recording_id="rec")
+    await store.enqueue(QUEUE, {})
+    assert (await store.get_recording("rec")).closed_at == closed_at
+    assert (await store.get_recording("bystander")).closed_at is None
+    assert [(r.audio_uuid, r.closed_at) for r in await store.list_recordings()] == [
+        ("rec", closed_at),
+        ("bystander", None),
+    ]
+
+
+async def test_a_recording_stays_closed_when_all_its_jobs_are_deleted(store: Store, clock: FakeClock) -> None:
+    """A purge of dead letters must not make a finished recording unfinished: the sweeper would
+    re-close (re-transcribe) the stream, or delete the upload and its audio."""
+    for rec, source in (("dead-stream", "stream"), ("dead-upload", "upload")):
+        await store.add_recording(rec, source=source)
+        await store.append_audio(rec, 0, pcm(0, 640))
+    clock.advance(1)
+    closed_at = clock.now
+    job_ids = [
+        await store.enqueue(queue, {}, recording_id=rec, idempotency_key=f"close:{rec}")
+        for queue, rec in ((QUEUE, "dead-stream"), (OTHER, "dead-upload"))
+    ]
+    for queue in (QUEUE, OTHER):
+        dead = await claim_one(store, queue)
+        assert await store.fail(dead, "no speech model", permanent=True) is JobState.DEAD_LETTER
+    clock.advance(100)
+
+    assert await store.purge_dead_letters(QUEUE) == 1
+    assert await store.purge_dead_letters(OTHER) == 1
+    for job_id in job_ids:
+        with pytest.raises(NotFound):
+            await store.get_job(job_id)
+    assert await store.list_jobs(recording_id="dead-stream") == []
+    assert await store.list_jobs(recording_id="dead-upload") == []
+
+    assert await store.unfinished_recordings(idle_before=clock.now + 1000) == []
+    for rec in ("dead-stream", "dead-upload"):
+        row = await store.get_recording(rec)
+        assert (row.closed_at, row.audio_chunks) == (closed_at, 1)
+        with pytest.raises(Conflict):
+            await store.append_audio(rec, 1, pcm(1, 64))
+    # deleting the recording itself does end it: one created again under its id starts unclosed
+    await store.delete_recording("dead-stream")
+    await store.add_recording("dead-stream", source="stream")
+    assert (await store.get_recording("dead-stream")).closed_at is None
+    assert [r.audio_uuid for r in await store.unfinished_recordings(idle_before=clock.now + 1)] == [
+        "dead-stream"
+    ]
+
+
+async def test_a_job_enqueued_before_its_recording_closes_it_at_creation(
+    store: Store, clock: FakeClock
+) -> None:
+    first = clock.now
+    await store.enqueue(QUEUE, {}, recording_id="early")
+    clock.advance(3)
+    await store.enqueue(QUEUE, {}, recording_id="early")
+    clock.advance(3)
+    await store.add_recording("early", source="stream")
+    assert (await store.get_recording("early")).closed_at == first
+    assert await store.unfinished_recordings(idle_before=clock.now + 100) == []
+
+
+async def test_the_audio_of_a_closed_recording_is_final(store: Store, clock: FakeClock) -> None:
+    await store.add_recording("rec", source="stream")
+    await store.append_audio("rec", 0, pcm(0, 640))
+    await store.append_audio("rec", 1, pcm(1, 320))
+    await store.enqueue(QUEUE, {}, recording_id="rec", idempotency_key="close:rec")
+    clock.advance(1)
+    with pytest.raises(Conflict):
+        await store.append_audio("rec", 2, pcm(2, 320))  # a new chunk
+    with pytest.raises(Conflict):
+        await store.append_audio("rec", 1, pcm(9, 640))  # a rewrite of one
+    assert await store.read_audio("rec") == [(0, pcm(0, 640)), (1, pcm(1, 320))]
+    row = await store.get_recording("rec")
+    assert (row.audio_chunks, row.audio_bytes, row.last_audio_at) == (2, 960, clock.now - 1)
+    with pytest.raises(NotFound):  # an unknown one is still not found
+        await store.append_audio("ghost", 0, pcm(0, 2))
+
+
 # -- deleting a recording -------------------------------------------------------------------------
 
 
 async def test_deleting_a_recording_removes_everything_it_owns(store: Store, clock: FakeClock) -> None:
     for rec in ("doomed", "kept"):
-        await store.add_recording(rec, user_id="u", first_job=NextJob(QUEUE, {"rec": rec}))
+        await store.add_recording(rec, user_id="u")
         await store.append_audio(rec, 0, pcm(0, 100))
+        await store.enqueue(QUEUE, {"rec": rec}, recording_id=rec, user_id="u")
     done = await claim_one(store)
     assert done.recording_id == "doomed"
     await store.complete(
@@ -319,3 +492,100 @@ async def test_a_lost_lease_replaces_nothing(store: Store) -> None:
         await store.complete(job, replace=[("rec", "memory")])
     assert [o.data for o in await store.get_outputs("rec")] == [{"text": t} for t in ("one", "two", "three")]
     assert [o.revision for o in await store.get_outputs("rec")] == [1, 1, 1]
+
+
+# -- recordings from before closed_at existed ------------------------------------------------------
+
+_OLD_RECORDINGS = [  # audio_uuid, source, created_at, audio_bytes, audio_chunks, last_audio_at
+    ("handed-over", "stream", 1.0, 640, 1, 2.0),
+    ("cut-stream", "stream", 1.5, 640, 1, 3.0),
+    ("quiet", "api", 2.5, 0, 0, None),
+]
+_OLD_JOBS = [  # queue, state, payload, max_attempts, recording_id, created_at, updated_at
+    ("chunk", "completed", "{}", 3, "handed-over", 5.0, 6.0),
+    ("transcription", "dead_letter", "{}", 3, "handed-over", 7.0, 8.0),
+    ("chunk", "pending", "{}", 3, None, 4.0, 4.0),
+]
+
+
+async def _check_upgraded(url: str) -> None:
+    async with lifeline.connect(url) as store:
+        closed = {r.audio_uuid: r.closed_at for r in await store.list_recordings()}
+        assert closed == {"handed-over": 5.0, "cut-stream": None, "quiet": None}  # by its oldest job
+        unfinished = await store.unfinished_recordings(idle_before=1e12)
+        assert [r.audio_uuid for r in unfinished] == ["quiet", "cut-stream"]  # by idle time (2.5, 3.0)
+        # the trigger is there: a purge now leaves the recording closed
+        assert await store.purge_dead_letters("transcription") == 1
+        assert (await store.get_recording("handed-over")).closed_at == 5.0
+        with pytest.raises(Conflict):
+            await store.append_audio("handed-over", 1, pcm(1, 64))
+        await store.append_audio("cut-stream", 1, pcm(1, 64))
+        await store.enqueue("chunk", {}, recording_id="cut-stream", idempotency_key="close:cut-stream")
+        assert (await store.get_recording("cut-stream")).closed_at is not None
+        assert [r.audio_uuid for r in await store.unfinished_recordings(idle_before=1e12)] == ["quiet"]
+
+
+async def test_sqlite_recordings_from_before_the_upgrade_are_closed_by_their_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)"
+        )
+        for migration in migrations.load("sqlite"):
+            if migration.version < 5:
+                conn.executescript(migration.sql)
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, 0)", (migration.version, migration.name)
+                )
+        conn.executemany(
+            "INSERT INTO recordings (audio_uuid, source, created_at, audio_bytes, audio_chunks,"
+            " last_audio_at) VALUES (?, ?, ?, ?, ?, ?)",
+            _OLD_RECORDINGS,
+        )
+        conn.executemany(
+            "INSERT INTO jobs (queue, state, payload, max_attempts, recording_id, created_at, updated_at,"
+            " run_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            _OLD_JOBS,
+        )
+    finally:
+        conn.close()
+    await _check_upgraded(f"sqlite:///{path}")
+
+
+async def test_postgres_recordings_from_before_the_upgrade_are_closed_by_their_jobs(tmp_path: Path) -> None:
+    cluster = pg.require()
+    name = "t_old_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:20]
+    cluster.create_database(name)  # empty: migrated below to version 4 only
+    try:
+        url = cluster.url(name)
+
+        def prepare() -> None:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(
+                    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                for migration in migrations.load("postgres"):
+                    if migration.version < 5:
+                        conn.execute(migration.sql.encode())
+                        conn.execute(
+                            "INSERT INTO schema_migrations VALUES (%s, %s, 0)",
+                            (migration.version, migration.name),
+                        )
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO recordings (audio_uuid, source, created_at, audio_bytes, audio_chunks,"
+                        " last_audio_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                        _OLD_RECORDINGS,
+                    )
+                    cur.executemany(
+                        "INSERT INTO jobs (queue, state, payload, max_attempts, recording_id, created_at,"
+                        " updated_at, run_at) VALUES (%s, %s, %s::json, %s, %s, %s, %s, 0)",
+                        _OLD_JOBS,
+                    )
+
+        await asyncio.to_thread(prepare)
+        await _check_upgraded(url)
+    finally:
+        cluster.drop_database(name)

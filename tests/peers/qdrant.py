@@ -256,8 +256,11 @@ class QdrantAPI(API):
         c = self._collection(name)
         body = self._body(request)
         if "points" in body:
-            for pid in body["points"]:
-                c["points"].pop(_point_id(pid), None)
+            ids = body["points"]
+            if not isinstance(ids, list):
+                raise HTTPError(400, "Format error in JSON body: `points` must be a list of point ids")
+            for pid in [_point_id(i) for i in ids]:  # one bad id: nothing is deleted
+                c["points"].pop(pid, None)
         elif "filter" in body:
             for pid in [pid for pid, p in c["points"].items() if _filter(p["payload"], body["filter"])]:
                 del c["points"][pid]

@@ -284,9 +284,45 @@ async def test_a_memory_rerun_replaces_outputs_and_points_never_adds(
     assert [o.revision for o in await store.get_outputs(rec, "memory")] == [3]
     mine = {pid for pid, p in points().items() if p["payload"]["recording_id"] == rec}
     assert mine == {memory_point_id(rec, 0)}
+    # the stale points went by id, after the upsert; the recording's points were never all deleted
+    deletes = [r.json() for r in qdrant.requests_to("/collections/memories/points/delete", "POST")]
+    assert deletes == [{"points": sorted([memory_point_id(rec, 1), memory_point_id(rec, 2)])}]
+    last_upsert = qdrant.requests.index(qdrant.requests_to("/collections/memories/points", "PUT")[-1])
+    assert qdrant.requests[last_upsert + 1].path == "/collections/memories/points/delete"
     # the other recording was not touched
     assert len(await outputs(store, other, "memory")) == 3
     assert sum(p["payload"]["recording_id"] == other for p in points().values()) == 3
+
+
+async def test_a_memory_run_after_a_crash_removes_the_points_nobody_knows_of(
+    store: Store, pipeline: Pipeline, llm: ScriptedLLM, qdrant: HTTPPeer
+) -> None:
+    rec = await add_recording(store, tone(1.0))
+    other = await add_recording(store, tone(1.0), user="bob")
+    for stage in ("chunk", "transcription", "action_item"):
+        while (job := await store.claim(stage, worker_id="w")) is not None:
+            result = await pipeline.handlers()[stage](job)
+            await store.complete(job, then=result.then, outputs=result.outputs, replace=result.replace)
+    crashed = await store.claim("memory", worker_id="w")
+    assert crashed is not None
+    assert crashed.recording_id == rec
+    await pipeline.memory(crashed)  # three points upserted, then the worker dies before completing
+
+    def mine() -> set[str]:
+        return {pid for pid, p in qdrant.api.points().items() if p["payload"]["recording_id"] == rec}
+
+    assert len(mine()) == 3
+    assert await store.get_outputs(rec, "memory") == []  # nothing records those points
+    await store.recover_expired(job_id=crashed.id, force=True)
+
+    llm.limit = 1  # the next claim finds one memory: the crashed claim's other two points must go
+    await drain(store, pipeline)
+    assert [o["point_id"] for o in await outputs(store, rec, "memory")] == [memory_point_id(rec, 0)]
+    assert mine() == {memory_point_id(rec, 0)}
+    deletes = [r.json() for r in qdrant.requests_to("/collections/memories/points/delete", "POST")]
+    assert deletes == [{"filter": {"must": [{"key": "recording_id", "match": {"value": rec}}]}}]
+    # the other recording's points were not touched
+    assert sum(p["payload"]["recording_id"] == other for p in qdrant.api.points().values()) == 1
 
 
 async def test_an_action_item_rerun_replaces_its_outputs(store: Store, pipeline: Pipeline) -> None:
@@ -431,12 +467,19 @@ async def test_an_outage_opens_the_breaker_and_defers_the_job_without_spending_a
 
 
 async def test_delete_memory_removes_its_point_and_output_only(
-    store: Store, pipeline: Pipeline, qdrant: HTTPPeer
+    store: Store, pipeline: Pipeline, qdrant: HTTPPeer, ollama: HTTPPeer
 ) -> None:
     rec = await add_recording(store, tone(1.0))
     await drain(store, pipeline)
     points = qdrant.api.points
+    requests_before = len(qdrant.requests)
+    embeds_before = len(ollama.requests_to("/api/embed"))
     await pipeline.delete_memory(rec, 1)
+    # one request: that point deleted by id; nothing re-embedded, nothing upserted again
+    assert [(r.method, r.path, r.json()) for r in qdrant.requests[requests_before:]] == [
+        ("POST", "/collections/memories/points/delete", {"points": [memory_point_id(rec, 1)]})
+    ]
+    assert len(ollama.requests_to("/api/embed")) == embeds_before
     remaining = await store.get_outputs(rec, "memory")
     assert [(o.index, o.data["text"]) for o in remaining] == [
         (0, "User loves hiking"),

@@ -1,5 +1,5 @@
 """The Qdrant client against a loopback Qdrant: collection created on first use, deterministic point
-ids (a re-run replaces), search within one user, delete by recording, and faults mapped."""
+ids (a re-run replaces), search within one user, delete by id and by recording, and faults mapped."""
 
 from __future__ import annotations
 
@@ -78,6 +78,31 @@ async def test_upsert_search_and_delete(qdrant_server: HTTPPeer) -> None:
     assert indexes == ["user_id", "recording_id"]
 
 
+async def test_delete_points_removes_exactly_those_ids(qdrant_server: HTTPPeer) -> None:
+    async with QdrantVectors(url=qdrant_server.url, collection="memories") as store:
+        await store.delete_points([point_id("rec-1", 0)])  # no collection yet: nothing to delete
+        await store.upsert(
+            [point("rec-1", i, "alice", [1.0, float(i)]) for i in range(3)]
+            + [point("rec-2", 0, "bob", [0.0, 1.0])]
+        )
+        never_stored = point_id("rec-9", 9)
+        await store.delete_points([point_id("rec-1", 0), point_id("rec-2", 0), never_stored])
+        points = qdrant_server.api.points()  # type: ignore[attr-defined]
+        assert set(points) == {point_id("rec-1", 1), point_id("rec-1", 2)}
+        assert [h.index for h in await store.search([1.0, 1.0], "alice")] == [1, 2]
+        assert await store.search([1.0, 1.0], "bob") == []
+        requests_before = len(qdrant_server.requests)
+        await store.delete_points([])  # nothing to do: no request at all
+        assert len(qdrant_server.requests) == requests_before
+
+    deletes = qdrant_server.requests_to("/collections/memories/points/delete", "POST")
+    assert [r.json() for r in deletes] == [
+        {"points": [point_id("rec-1", 0)]},
+        {"points": [point_id("rec-1", 0), point_id("rec-2", 0), never_stored]},
+    ]
+    assert all(r.query == {"wait": ["true"]} for r in deletes)
+
+
 async def test_an_existing_collection_is_reused_and_its_dimension_checked(qdrant_server: HTTPPeer) -> None:
     async with QdrantVectors(url=qdrant_server.url) as first:
         await first.upsert([point("r", 0, "u", [1.0, 0.0])])
@@ -107,7 +132,7 @@ FAULTS = [
 
 
 @pytest.mark.parametrize(("fault", "error", "message"), FAULTS, ids=[f.value for f, _, _ in FAULTS])
-@pytest.mark.parametrize("operation", ["upsert", "search", "delete"])
+@pytest.mark.parametrize("operation", ["upsert", "search", "delete", "delete_points"])
 async def test_faults(
     qdrant_server: HTTPPeer, fault: Fault, error: type[Exception], message: str, operation: str
 ) -> None:
@@ -117,6 +142,7 @@ async def test_faults(
             "upsert": lambda: store.upsert([point("r", 1, "u", [0.0, 1.0])]),
             "search": lambda: store.search([1.0, 0.0], "u"),
             "delete": lambda: store.delete_recording("r"),
+            "delete_points": lambda: store.delete_points([point_id("r", 1)]),
         }[operation]
         qdrant_server.set_fault(fault)
         try:

@@ -209,10 +209,8 @@ class Pipeline:
             memories = await extractor.memories(transcript.text)
         point_ids: list[str | None] = [None] * len(memories)
         if self.providers.vectors is not None:
-            # an earlier run of this recording (an earlier claim of this job that crashed after
-            # its upsert, or an earlier job) may have left points this run does not rewrite
-            rerun = job.claims > 1 or bool(await self.store.get_outputs(audio_uuid, Stage.MEMORY.value))
-            point_ids = list(await self._index(audio_uuid, job.user_id, memories, clear_first=rerun))
+            previous = await self.store.get_outputs(audio_uuid, Stage.MEMORY.value)
+            point_ids = list(await self._index(job, audio_uuid, memories, previous))
         outputs = [
             Output(audio_uuid, Stage.MEMORY.value, i, memory_data(m, point_ids[i]))
             for i, m in enumerate(memories)
@@ -220,39 +218,52 @@ class Pipeline:
         return JobResult(outputs=outputs, replace=[(audio_uuid, Stage.MEMORY.value)])
 
     async def _index(
-        self, audio_uuid: str, user_id: str | None, memories: Sequence[Memory], *, clear_first: bool
+        self, job: Job, audio_uuid: str, memories: Sequence[Memory], previous: Sequence[StoredOutput]
     ) -> list[str]:
-        """Embed and upsert the memories as points ``0..n-1`` of the recording.
+        """Embed and upsert the memories as points ``0..n-1`` of the recording, and delete the
+        points an earlier run left that this one does not rewrite (it found fewer memories).
 
-        With ``clear_first`` the recording's points are deleted first, so that points of indices
-        a previous run wrote and this one does not (it found fewer memories) are gone. Both calls
-        are idempotent: a crash anywhere here is repaired by the re-run.
+        Every call is idempotent: a crash anywhere here is repaired by the job's next claim.
         """
         vectors, embedder = self.providers.vectors, self.providers.embedder
         assert vectors is not None
-        if clear_first:
+        # An earlier claim of this job (claims > 1: it crashed, or lost its lease) may have upserted
+        # points and died before its outputs were committed. Nothing records how many it wrote (a
+        # model may find more memories on one run than on the next), so their ids are unknown and
+        # only the delete by recording removes them; it runs first, before this run's upsert.
+        unknown_points = job.claims > 1
+        if unknown_points:
             async with self.breakers.call("vectors"):
                 await vectors.delete_recording(audio_uuid)
-        if not memories:
-            return []
-        if embedder is None:
-            raise PermanentError("a vector store is configured but no embedder")
-        async with self._guarded("vectors", embedder):
-            embeddings = await embedder.embed([m.text for m in memories])
-        points = [
-            VectorPoint(
-                recording_id=audio_uuid,
-                index=i,
-                user_id=user_id or "",
-                vector=embeddings[i],
-                text=m.text,
-                payload={"audio_uuid": audio_uuid, "category": m.category.value},
-            )
-            for i, m in enumerate(memories)
-        ]
-        async with self.breakers.call("vectors"):
-            await vectors.upsert(points)
-        return [p.id for p in points]
+        ids: list[str] = []
+        if memories:
+            if embedder is None:
+                raise PermanentError("a vector store is configured but no embedder")
+            async with self._guarded("vectors", embedder):
+                embeddings = await embedder.embed([m.text for m in memories])
+            points = [
+                VectorPoint(
+                    recording_id=audio_uuid,
+                    index=i,
+                    user_id=job.user_id or "",
+                    vector=embeddings[i],
+                    text=m.text,
+                    payload={"audio_uuid": audio_uuid, "category": m.category.value},
+                )
+                for i, m in enumerate(memories)
+            ]
+            async with self.breakers.call("vectors"):
+                await vectors.upsert(points)
+            ids = [p.id for p in points]
+        if not unknown_points:
+            # The committed run's points are known from its outputs: those this run did not
+            # overwrite go by id, after the upsert, so a search never finds the recording without
+            # its points in between.
+            stale = sorted({point_id(audio_uuid, o.index) for o in previous if o.index >= len(memories)})
+            if stale:
+                async with self.breakers.call("vectors"):
+                    await vectors.delete_points(stale)
+        return ids
 
     # -- action items -----------------------------------------------------------------------------
     async def action_item(self, job: Job) -> JobResult:
@@ -284,48 +295,18 @@ class Pipeline:
         await self.store.delete_recording(audio_uuid)
 
     async def delete_memory(self, audio_uuid: str, index: int) -> None:
-        """One memory: its Qdrant point, then its output. :class:`NotFound` if there is none.
+        """One memory: its Qdrant point (by id), then its output. :class:`NotFound` if there is none.
 
-        The vector store deletes points by recording only, so the recording's points are cleared
-        and the remaining memories upserted again (same ids); a failure leaves the memory in the
-        store, and a retry does it all again.
+        The point goes first: if the store deletion then fails, a retry finds the output and
+        deletes the (already gone) point again; the other order could leave a point no memory
+        refers to.
         """
         await self.store.get_output(audio_uuid, Stage.MEMORY.value, index)  # NotFound first
         vectors = self.providers.vectors
         if vectors is not None:
-            rest = [
-                o for o in await self.store.get_outputs(audio_uuid, Stage.MEMORY.value) if o.index != index
-            ]
-            await self._reindex(audio_uuid, rest)
+            async with self.breakers.call("vectors"):
+                await vectors.delete_points([memory_point_id(audio_uuid, index)])
         await self.store.delete_output(audio_uuid, Stage.MEMORY.value, index)
-
-    async def _reindex(self, audio_uuid: str, outputs: Sequence[StoredOutput]) -> None:
-        vectors, embedder = self.providers.vectors, self.providers.embedder
-        assert vectors is not None
-        async with self.breakers.call("vectors"):
-            await vectors.delete_recording(audio_uuid)
-        keep = [o for o in outputs if o.data.get("point_id")]
-        if not keep:
-            return
-        if embedder is None:
-            raise PermanentError("a vector store is configured but no embedder")
-        recording = await self.store.get_recording(audio_uuid)
-        texts = [str(o.data.get("text", "")) for o in keep]
-        async with self._guarded("vectors", embedder):
-            embeddings = await embedder.embed(texts)
-        points = [
-            VectorPoint(
-                recording_id=audio_uuid,
-                index=o.index,
-                user_id=recording.user_id or "",
-                vector=embeddings[n],
-                text=texts[n],
-                payload={"audio_uuid": audio_uuid, "category": str(o.data.get("category", ""))},
-            )
-            for n, o in enumerate(keep)
-        ]
-        async with self.breakers.call("vectors"):
-            await vectors.upsert(points)
 
 
 # -- the output shapes ------------------------------------------------------------------------------

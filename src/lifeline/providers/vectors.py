@@ -6,8 +6,10 @@ PostgreSQL full text), so without Qdrant nothing is lost but semantic search, an
 database that could disagree with the first.
 
 Writes are idempotent: a point's id is a UUIDv5 of (recording id, memory index), so re-running a
-memory job overwrites the same points instead of adding new ones. To re-run a recording whose new
-run may produce *fewer* memories, call :meth:`VectorStore.delete_recording` first, then upsert.
+memory job overwrites the same points instead of adding new ones. Points are deleted by id
+(:meth:`VectorStore.delete_points`: one memory, or the indices a re-run no longer produces) or all of
+a recording's at once (:meth:`VectorStore.delete_recording`: the recording is deleted, or a crashed
+run may have left points nobody knows the ids of).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class SearchHit:
 
 @runtime_checkable
 class VectorStore(Protocol):
-    """Upsert, search within one user's points, delete a recording's points."""
+    """Upsert, search within one user's points, delete points by id or a recording's points."""
 
     name: str
 
@@ -75,7 +77,13 @@ class VectorStore(Protocol):
 
     async def search(self, vector: Sequence[float], user_id: str, limit: int = 10) -> list[SearchHit]: ...
 
-    async def delete_recording(self, recording_id: str) -> None: ...
+    async def delete_points(self, ids: Sequence[str]) -> None:
+        """Delete the points with these ids; ids that do not exist are no error."""
+        ...
+
+    async def delete_recording(self, recording_id: str) -> None:
+        """Delete every point of the recording (by its ``recording_id`` payload)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -235,6 +243,17 @@ class QdrantVectors(HttpProvider):
                 )
             )
         return hits
+
+    async def delete_points(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        await self._call(
+            "POST",
+            f"{self._base}/points/delete",
+            params={"wait": "true"},
+            json={"points": [str(i) for i in ids]},
+            ok=(404,),  # no collection: nothing to delete
+        )
 
     async def delete_recording(self, recording_id: str) -> None:
         await self._call(

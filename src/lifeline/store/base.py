@@ -130,6 +130,11 @@ class RecordingRow:
     ``source`` is ``upload`` (a file sent to /api/audio/upload), ``stream`` (a WebSocket
     conversation) or ``api`` (created by code, no audio required). The audio columns are kept up to
     date by :meth:`Store.append_audio` in the same transaction that stores the chunk.
+
+    ``closed_at`` is when the recording was handed to the pipeline: the creation time of the first
+    job ever inserted for it (set in that job's transaction, by every path that inserts jobs), or
+    ``None`` while it has had none. It is never cleared: deleting its jobs (a purge of dead
+    letters, retention) does not make a finished recording unfinished again.
     """
 
     audio_uuid: str
@@ -142,6 +147,7 @@ class RecordingRow:
     audio_bytes: int
     audio_chunks: int
     last_audio_at: float | None
+    closed_at: float | None
 
     @property
     def duration_seconds(self) -> float:
@@ -425,7 +431,9 @@ class Store(abc.ABC):
 
         Writing a ``seq`` again replaces that chunk (a retried write never duplicates audio); the
         recording's ``audio_bytes``/``audio_chunks``/``last_audio_at`` change in the same
-        transaction. :class:`NotFound` if the recording does not exist.
+        transaction. :class:`NotFound` if the recording does not exist; :class:`Conflict` (nothing
+        written) once it is closed (``closed_at``): its pipeline may already have read its audio,
+        so audio added later would silently never be transcribed.
         """
 
     @abc.abstractmethod
@@ -436,10 +444,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def unfinished_recordings(self, *, idle_before: float, limit: int = 100) -> list[RecordingRow]:
-        """Recordings that have no job at all and no audio since ``idle_before`` (by
-        ``last_audio_at``, or ``created_at`` when they have none), oldest first: streams whose
-        connection or server died before the conversation was handed over, and uploads that
-        never finished."""
+        """Recordings never closed (``closed_at`` is ``None``: no job was ever inserted for them)
+        and without audio since ``idle_before`` (by ``last_audio_at``, or ``created_at`` when they
+        have none), oldest first: streams whose connection or server died before the conversation
+        was handed over, and uploads that never finished. A recording whose jobs were all deleted
+        later is still closed, and never listed here."""
 
     @abc.abstractmethod
     async def delete_recording(self, audio_uuid: str) -> None:

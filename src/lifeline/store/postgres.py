@@ -915,11 +915,14 @@ class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, PostgresRecordingsM
         )
 
         async def op(tx: Tx) -> int | None:
+            # closed at once if a job already names it (enqueued before its row existed); else
+            # the trigger jobs_close_recording closes it with its first job
             cur = await tx.execute(
                 "INSERT INTO recordings (audio_uuid, user_id, client_id, created_at, source, device_name,"
-                " filename) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " filename, closed_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                " (SELECT MIN(created_at) FROM jobs WHERE recording_id = %s))"
                 " ON CONFLICT (audio_uuid) DO NOTHING RETURNING 1",
-                (audio_uuid, user_id, client_id, now, source, device_name, filename),
+                (audio_uuid, user_id, client_id, now, source, device_name, filename, audio_uuid),
             )
             if await cur.fetchone() is None:
                 raise Conflict(f"recording {audio_uuid} already exists")

@@ -16,16 +16,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lifeline.domain import JSON, NotFound
+from lifeline.domain import JSON, Conflict, NotFound
 from lifeline.store.base import RecordingRow, StoredOutput, dumps_json
 from lifeline.store.fulltext import query_words
 from lifeline.store.postgres_engine import Connection, Tx
 
 RECORDING_COLUMNS = (
     "audio_uuid, user_id, client_id, created_at, source, device_name, filename,"
-    " audio_bytes, audio_chunks, last_audio_at"
+    " audio_bytes, audio_chunks, last_audio_at, closed_at"
 )
-_R_COLUMNS = ", ".join("r." + c.strip() for c in RECORDING_COLUMNS.split(","))
 _O_COLUMNS = "o.recording_id, o.stage, o.idx, o.data, o.job_id, o.revision, o.updated_at"
 _MAX_PAGE = 1000
 # the indexed expression, spelled exactly as in outputs_text (or the index is not used)
@@ -72,6 +71,7 @@ def _recording(row: Sequence[Any]) -> RecordingRow:
         audio_bytes=int(row[7]),
         audio_chunks=int(row[8]),
         last_audio_at=None if row[9] is None else float(row[9]),
+        closed_at=None if row[10] is None else float(row[10]),
     )
 
 
@@ -143,12 +143,12 @@ class PostgresRecordingsMixin:
         return count
 
     async def unfinished_recordings(self, *, idle_before: float, limit: int = 100) -> list[RecordingRow]:
-        # walks recordings_idle from the oldest; each NOT EXISTS is one probe of jobs_recording
+        # walks the partial index recordings_unclosed (only unclosed recordings are in it) from
+        # the oldest; the WHERE spells its predicate and its expression exactly as the index does
         sql = (
-            f"SELECT {_R_COLUMNS} FROM recordings r"
-            " WHERE COALESCE(last_audio_at, created_at) < %s"
-            "   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.recording_id = r.audio_uuid)"
-            " ORDER BY COALESCE(last_audio_at, created_at), r.audio_uuid LIMIT %s"
+            f"SELECT {RECORDING_COLUMNS} FROM recordings"
+            " WHERE closed_at IS NULL AND COALESCE(last_audio_at, created_at) < %s"
+            " ORDER BY COALESCE(last_audio_at, created_at), audio_uuid LIMIT %s"
         )
         args = (idle_before, max(0, min(limit, _MAX_PAGE)))
 
@@ -176,7 +176,10 @@ class PostgresRecordingsMixin:
         params = {"rec": audio_uuid, "seq": seq, "now": self._clock(), "pcm": pcm, "size": len(pcm)}
 
         async def op(tx: Tx) -> None:
-            await _lock_recording(tx, audio_uuid)
+            # the lock serialises with the trigger that closes the recording (its first job): the
+            # chunk either commits before the close, or sees closed_at and writes nothing
+            if await _lock_recording(tx, audio_uuid) is not None:
+                raise Conflict(f"recording {audio_uuid} is closed: its audio can no longer change")
             await tx.execute(_APPEND_AUDIO, params)
 
         await self._write(op)
@@ -282,8 +285,11 @@ class PostgresRecordingsMixin:
         await self._write(op)
 
 
-async def _lock_recording(tx: Tx, audio_uuid: str) -> None:
-    """Lock the recording's row; :class:`NotFound` (nothing written) if there is none."""
-    cur = await tx.execute("SELECT 1 FROM recordings WHERE audio_uuid = %s FOR UPDATE", (audio_uuid,))
-    if await cur.fetchone() is None:
+async def _lock_recording(tx: Tx, audio_uuid: str) -> float | None:
+    """Lock the recording's row and return its ``closed_at``; :class:`NotFound` (nothing written)
+    if there is none."""
+    cur = await tx.execute("SELECT closed_at FROM recordings WHERE audio_uuid = %s FOR UPDATE", (audio_uuid,))
+    row = await cur.fetchone()
+    if row is None:
         raise NotFound(f"no recording {audio_uuid}")
+    return None if row[0] is None else float(row[0])

@@ -758,10 +758,13 @@ class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, SQLiteRecordingsMixin, St
 
         def op(conn: sqlite3.Connection) -> int | None:
             try:
+                # closed at once if a job already names it (enqueued before its row existed);
+                # else the trigger jobs_close_recording closes it with its first job
                 conn.execute(
                     "INSERT INTO recordings (audio_uuid, user_id, client_id, created_at, source,"
-                    " device_name, filename) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (audio_uuid, user_id, client_id, now, source, device_name, filename),
+                    " device_name, filename, closed_at) VALUES (?, ?, ?, ?, ?, ?, ?,"
+                    " (SELECT MIN(created_at) FROM jobs WHERE recording_id = ?))",
+                    (audio_uuid, user_id, client_id, now, source, device_name, filename, audio_uuid),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"recording {audio_uuid} already exists") from None

@@ -15,15 +15,14 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lifeline.domain import JSON, NotFound
+from lifeline.domain import JSON, Conflict, NotFound
 from lifeline.store.base import RecordingRow, StoredOutput, dumps_json
 from lifeline.store.fulltext import fts5_match, query_words
 
 RECORDING_COLUMNS = (
     "audio_uuid, user_id, client_id, created_at, source, device_name, filename,"
-    " audio_bytes, audio_chunks, last_audio_at"
+    " audio_bytes, audio_chunks, last_audio_at, closed_at"
 )
-_R_COLUMNS = ", ".join("r." + c.strip() for c in RECORDING_COLUMNS.split(","))
 _O_COLUMNS = "o.recording_id, o.stage, o.idx, o.data, o.job_id, o.revision, o.updated_at"
 _MAX_PAGE = 1000
 
@@ -40,6 +39,7 @@ def _recording(row: Sequence[Any]) -> RecordingRow:
         audio_bytes=int(row[7]),
         audio_chunks=int(row[8]),
         last_audio_at=None if row[9] is None else float(row[9]),
+        closed_at=None if row[10] is None else float(row[10]),
     )
 
 
@@ -100,12 +100,12 @@ class SQLiteRecordingsMixin:
         return count
 
     async def unfinished_recordings(self, *, idle_before: float, limit: int = 100) -> list[RecordingRow]:
-        # walks recordings_idle from the oldest; each NOT EXISTS is one probe of jobs_recording
+        # walks the partial index recordings_unclosed (only unclosed recordings are in it) from
+        # the oldest; the WHERE spells its predicate and its expression exactly as the index does
         sql = (
-            f"SELECT {_R_COLUMNS} FROM recordings r"
-            " WHERE COALESCE(last_audio_at, created_at) < ?"
-            "   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.recording_id = r.audio_uuid)"
-            " ORDER BY COALESCE(last_audio_at, created_at), r.audio_uuid LIMIT ?"
+            f"SELECT {RECORDING_COLUMNS} FROM recordings"
+            " WHERE closed_at IS NULL AND COALESCE(last_audio_at, created_at) < ?"
+            " ORDER BY COALESCE(last_audio_at, created_at), audio_uuid LIMIT ?"
         )
         args = (idle_before, max(0, min(limit, _MAX_PAGE)))
 
@@ -144,11 +144,14 @@ class SQLiteRecordingsMixin:
             ).fetchone()
             cur = conn.execute(
                 "UPDATE recordings SET audio_bytes = audio_bytes + ?, audio_chunks = audio_chunks + ?,"
-                " last_audio_at = ? WHERE audio_uuid = ?",
+                " last_audio_at = ? WHERE audio_uuid = ? AND closed_at IS NULL",
                 (size - (0 if old is None else int(old[0])), 1 if old is None else 0, now, audio_uuid),
             )
-            if cur.rowcount != 1:
-                raise NotFound(f"no recording {audio_uuid}")
+            if cur.rowcount != 1:  # nothing written yet
+                row = conn.execute("SELECT closed_at FROM recordings WHERE audio_uuid = ?", (audio_uuid,))
+                if row.fetchone() is None:
+                    raise NotFound(f"no recording {audio_uuid}")
+                raise Conflict(f"recording {audio_uuid} is closed: its audio can no longer change")
             conn.execute(
                 "INSERT INTO audio_chunks (recording_id, seq, created_at, pcm) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (recording_id, seq) DO UPDATE SET pcm = excluded.pcm,"
