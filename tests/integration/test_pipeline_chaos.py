@@ -192,7 +192,10 @@ def environment(
     )
     for stage in STAGES:
         prefix = f"LIFELINE_QUEUE_{stage.upper()}_"
-        env[prefix + "MAX_ATTEMPTS"] = "100"  # a lost lease counts as an attempt: kills must not exhaust it
+        # a lost lease and a failed call each spend an attempt; with five kills, a third of the ASR
+        # calls failing and hanging LLM calls, three attempts (the default) would dead-letter a few
+        # jobs by chance; ten is what an operator of a flaky deployment would set
+        env[prefix + "MAX_ATTEMPTS"] = "10"
         env[prefix + "BASE_DELAY"] = "0.05"
         env[prefix + "MAX_DELAY"] = "0.5"
         env[prefix + "LEASE"] = "2"

@@ -526,3 +526,50 @@ async def test_build_pipeline_is_a_cheap_handler_factory_that_registers_its_clea
     assert not (tmp_path / "models").exists()  # nothing assembled or loaded before the first job
     await context.close()
     assert context.closers == []
+
+
+class DeletingExtractor:
+    """The real extractor, except that the recording is deleted (as a user would, through the
+    API) while its memories are being extracted: the job's upsert then comes after the deletion."""
+
+    def __init__(self, inner: Any, pipeline: Pipeline, victim: str) -> None:
+        self.inner, self.pipeline, self.victim = inner, pipeline, victim
+        self.name = inner.name
+        self.deleted = False
+
+    async def memories(self, transcript: str) -> list[Any]:
+        found = await self.inner.memories(transcript)
+        if not self.deleted:
+            self.deleted = True
+            await self.pipeline.delete_recording(self.victim)
+        return list(found)
+
+    async def action_items(self, segments: Any) -> list[Any]:
+        return list(await self.inner.action_items(segments))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_recording_deleted_while_its_memories_are_indexed_leaves_no_point(
+    store: Store, pipeline: Pipeline, qdrant: HTTPPeer
+) -> None:
+    keep = await add_recording(store, tone(1.0), user="bob")
+    await drain(store, pipeline)
+    rec = await add_recording(store, tone(1.0))
+    # run the recording up to its memory job, then delete it in the middle of that job
+    chunk_and_transcription = {
+        q: h for q, h in pipeline.handlers().items() if q in ("chunk", "transcription")
+    }
+    for _ in range(2):
+        await Worker(store, chunk_and_transcription, concurrency=1).run(burst=True)
+    deleting = DeletingExtractor(pipeline.providers.extractor, pipeline, rec)
+    pipeline.providers.extractor = deleting  # type: ignore[assignment]
+    await drain(store, pipeline)
+    assert deleting.deleted
+    points = qdrant.api.points()
+    assert points, "the other recording's points should be there"
+    assert {p["payload"]["recording_id"] for p in points.values()} == {keep}
+    with pytest.raises(NotFound):
+        await store.get_recording(rec)
+    assert await store.list_jobs(recording_id=rec) == []

@@ -27,6 +27,7 @@ from lifeline.api.deps import Ctx, CurrentUser
 from lifeline.api.pipeline_schemas import UploadAccepted, UploadOut, UploadRejected
 from lifeline.api.responses import AUTHENTICATED, errors
 from lifeline.auth import AuthError
+from lifeline.domain import NotFound
 from lifeline.ingest import (
     Accepted,
     ClosedConversation,
@@ -45,6 +46,7 @@ FORM_OVERHEAD: Final = 1 << 20  # multipart boundaries, headers and small fields
 DEVICE_NAME_MAX: Final = 100
 POLICY_VIOLATION: Final = 1008
 INVALID_DATA: Final = 1007
+INTERNAL_ERROR: Final = 1011
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -314,6 +316,7 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
     reader = asyncio.create_task(read(), name="ws-reader")
     await _send(websocket, {"type": "ready", "data": {"client_id": session.client_id}})
     awaiting_payload = False
+    close_code, close_reason = 1000, ""
     try:
         while True:
             try:
@@ -353,6 +356,18 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
                 closed = await _close(session, source)
                 await _send(websocket, _closed_event(closed, "audio-stop"))
             # other events (ping, info, ...) are ignored
+    except Exception as exc:
+        # the audio could not be stored (the conversation was deleted meanwhile, the store is
+        # down): say so and end the connection with 1011, so the client does not take the audio
+        # since its last acknowledgement as kept (an exception escaping a WebSocket handler ends
+        # it with 1000, as if all was well)
+        if isinstance(exc, NotFound):
+            close_reason = "the conversation was deleted while it was streaming"
+        else:
+            close_reason = f"the audio could not be stored: {type(exc).__name__}"
+        log.warning("stream ended: %s: %s: %s", close_reason, type(exc).__name__, exc)
+        close_code = INTERNAL_ERROR
+        await _send(websocket, {"type": "error", "data": {"message": close_reason}})
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -363,7 +378,7 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
             log.warning("could not close the conversation at disconnect: %s: %s", type(exc).__name__, exc)
         if websocket.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await websocket.close()
+                await websocket.close(code=close_code, reason=close_reason[:120])
 
 
 async def _close(session: StreamSession, source: _AudioIn) -> ClosedConversation | None:

@@ -255,6 +255,7 @@ class Pipeline:
             async with self.breakers.call("vectors"):
                 await vectors.upsert(points)
             ids = [p.id for p in points]
+            await self._unless_deleted(audio_uuid)
         if not unknown_points:
             # The committed run's points are known from its outputs: those this run did not
             # overwrite go by id, after the upsert, so a search never finds the recording without
@@ -264,6 +265,24 @@ class Pipeline:
                 async with self.breakers.call("vectors"):
                     await vectors.delete_points(stale)
         return ids
+
+    async def _unless_deleted(self, audio_uuid: str) -> None:
+        """After an upsert: if the recording was deleted meanwhile, take its points back out.
+
+        :meth:`delete_recording` removes the points before and after the store rows; an upsert
+        that lands after both finds the recording gone here. Together the two leave no point of a
+        deleted recording in Qdrant, whatever the interleaving.
+        """
+        try:
+            await self.store.get_recording(audio_uuid)
+        except NotFound:
+            vectors = self.providers.vectors
+            assert vectors is not None
+            async with self.breakers.call("vectors"):
+                await vectors.delete_recording(audio_uuid)
+            raise PermanentError(
+                f"recording {audio_uuid} was deleted while its memories were indexed"
+            ) from None
 
     # -- action items -----------------------------------------------------------------------------
     async def action_item(self, job: Job) -> JobResult:
@@ -285,7 +304,10 @@ class Pipeline:
         configured), then its audio, outputs and jobs. :class:`NotFound` for an unknown one.
 
         Points go first: if the store deletion then fails, a retry finds the recording and
-        deletes again; the other order could leave points no recording refers to.
+        deletes again; the other order could leave points no recording refers to. They go once
+        more after the store rows: a memory job that was indexing meanwhile may have upserted
+        between the two deletions (one that upserts later sees the recording gone and removes its
+        points itself, see :meth:`_unless_deleted`).
         """
         await self.store.get_recording(audio_uuid)  # NotFound before touching Qdrant
         vectors = self.providers.vectors
@@ -293,6 +315,14 @@ class Pipeline:
             async with self.breakers.call("vectors"):
                 await vectors.delete_recording(audio_uuid)
         await self.store.delete_recording(audio_uuid)
+        if vectors is not None:
+            try:
+                async with self.breakers.call("vectors"):
+                    await vectors.delete_recording(audio_uuid)
+            except Exception as exc:  # the recording is gone; only a racing upsert's points could remain
+                log.warning(
+                    "recording %s deleted, but its points could not be checked again: %s", audio_uuid, exc
+                )
 
     async def delete_memory(self, audio_uuid: str, index: int) -> None:
         """One memory: its Qdrant point (by id), then its output. :class:`NotFound` if there is none.
