@@ -20,13 +20,9 @@ from lifeline.domain import JSON, Conflict, NotFound
 from lifeline.store.base import RecordingRow, StoredOutput, dumps_json
 from lifeline.store.fulltext import query_words
 from lifeline.store.postgres_engine import Connection, Tx
+from lifeline.store.recording_rows import RECORDING_COLUMNS, bounded, page, recording_from_row
 
-RECORDING_COLUMNS = (
-    "audio_uuid, user_id, client_id, created_at, source, device_name, filename,"
-    " audio_bytes, audio_chunks, last_audio_at, closed_at"
-)
 _O_COLUMNS = "o.recording_id, o.stage, o.idx, o.data, o.job_id, o.revision, o.updated_at"
-_MAX_PAGE = 1000
 # the indexed expression, spelled exactly as in outputs_text (or the index is not used)
 _DOCUMENT = "to_tsvector('simple', o.data ->> 'text')"
 
@@ -59,22 +55,6 @@ DELETE FROM recordings WHERE audio_uuid = %(rec)s
 """
 
 
-def _recording(row: Sequence[Any]) -> RecordingRow:
-    return RecordingRow(
-        audio_uuid=row[0],
-        user_id=row[1],
-        client_id=row[2],
-        created_at=float(row[3]),
-        source=row[4],
-        device_name=row[5],
-        filename=row[6],
-        audio_bytes=int(row[7]),
-        audio_chunks=int(row[8]),
-        last_audio_at=None if row[9] is None else float(row[9]),
-        closed_at=None if row[10] is None else float(row[10]),
-    )
-
-
 def _output(row: Sequence[Any]) -> StoredOutput:
     return StoredOutput(
         row[0],
@@ -85,10 +65,6 @@ def _output(row: Sequence[Any]) -> StoredOutput:
         int(row[5]),
         float(row[6]),
     )
-
-
-def _page(limit: int, offset: int) -> tuple[int, int]:
-    return max(0, min(limit, _MAX_PAGE)), max(0, offset)
 
 
 class PostgresRecordingsMixin:
@@ -108,7 +84,7 @@ class PostgresRecordingsMixin:
             row = await cur.fetchone()
             if row is None:
                 raise NotFound(f"no recording {audio_uuid}")
-            return _recording(row)
+            return recording_from_row(row)
 
         found: RecordingRow = await self._read(fn)
         return found
@@ -121,11 +97,11 @@ class PostgresRecordingsMixin:
             f"SELECT {RECORDING_COLUMNS} FROM recordings {where}"
             " ORDER BY created_at DESC, audio_uuid DESC LIMIT %s OFFSET %s"
         )
-        args = [*params, *_page(limit, offset)]
+        args = [*params, *page(limit, offset)]
 
         async def fn(conn: Connection) -> list[RecordingRow]:
             cur = await conn.execute(sql, args)
-            return [_recording(r) for r in await cur.fetchall()]
+            return [recording_from_row(r) for r in await cur.fetchall()]
 
         rows: list[RecordingRow] = await self._read(fn)
         return rows
@@ -150,11 +126,11 @@ class PostgresRecordingsMixin:
             " WHERE closed_at IS NULL AND COALESCE(last_audio_at, created_at) < %s"
             " ORDER BY COALESCE(last_audio_at, created_at), audio_uuid LIMIT %s"
         )
-        args = (idle_before, max(0, min(limit, _MAX_PAGE)))
+        args = (idle_before, bounded(limit))
 
         async def fn(conn: Connection) -> list[RecordingRow]:
             cur = await conn.execute(sql, args)
-            return [_recording(r) for r in await cur.fetchall()]
+            return [recording_from_row(r) for r in await cur.fetchall()]
 
         rows: list[RecordingRow] = await self._read(fn)
         return rows
@@ -187,7 +163,7 @@ class PostgresRecordingsMixin:
     async def read_audio(
         self, audio_uuid: str, *, after_seq: int = -1, limit: int = 64
     ) -> list[tuple[int, bytes]]:
-        args = (audio_uuid, after_seq, max(0, min(limit, _MAX_PAGE)))
+        args = (audio_uuid, after_seq, bounded(limit))
 
         async def fn(conn: Connection) -> list[tuple[int, bytes]]:
             async with conn.cursor(binary=True) as cur:
@@ -213,7 +189,7 @@ class PostgresRecordingsMixin:
     ) -> list[StoredOutput]:
         join = "JOIN" if user_id is not None else "LEFT JOIN"
         params: dict[str, Any] = {"stage": stage, "user": user_id, "limit": limit, "offset": offset}
-        params["limit"], params["offset"] = _page(limit, offset)
+        params["limit"], params["offset"] = page(limit, offset)
         owner = "AND r.user_id = %(user)s" if user_id is not None else ""
         newest = "r.created_at DESC NULLS LAST, o.recording_id, o.idx"
         if query is None:

@@ -18,37 +18,13 @@ from typing import TYPE_CHECKING, Any
 from lifeline.domain import JSON, Conflict, NotFound
 from lifeline.store.base import RecordingRow, StoredOutput, dumps_json
 from lifeline.store.fulltext import fts5_match, query_words
+from lifeline.store.recording_rows import RECORDING_COLUMNS, bounded, page, recording_from_row
 
-RECORDING_COLUMNS = (
-    "audio_uuid, user_id, client_id, created_at, source, device_name, filename,"
-    " audio_bytes, audio_chunks, last_audio_at, closed_at"
-)
 _O_COLUMNS = "o.recording_id, o.stage, o.idx, o.data, o.job_id, o.revision, o.updated_at"
-_MAX_PAGE = 1000
-
-
-def _recording(row: Sequence[Any]) -> RecordingRow:
-    return RecordingRow(
-        audio_uuid=row[0],
-        user_id=row[1],
-        client_id=row[2],
-        created_at=float(row[3]),
-        source=row[4],
-        device_name=row[5],
-        filename=row[6],
-        audio_bytes=int(row[7]),
-        audio_chunks=int(row[8]),
-        last_audio_at=None if row[9] is None else float(row[9]),
-        closed_at=None if row[10] is None else float(row[10]),
-    )
 
 
 def _output(row: Sequence[Any]) -> StoredOutput:
     return StoredOutput(row[0], row[1], int(row[2]), json.loads(row[3]), row[4], int(row[5]), float(row[6]))
-
-
-def _page(limit: int, offset: int) -> tuple[int, int]:
-    return max(0, min(limit, _MAX_PAGE)), max(0, offset)
 
 
 class SQLiteRecordingsMixin:
@@ -67,7 +43,7 @@ class SQLiteRecordingsMixin:
             ).fetchone()
             if row is None:
                 raise NotFound(f"no recording {audio_uuid}")
-            return _recording(row)
+            return recording_from_row(row)
 
         found: RecordingRow = await self._read(fn)
         return found
@@ -80,10 +56,10 @@ class SQLiteRecordingsMixin:
             f"SELECT {RECORDING_COLUMNS} FROM recordings {where}"
             " ORDER BY created_at DESC, audio_uuid DESC LIMIT ? OFFSET ?"
         )
-        args = [*params, *_page(limit, offset)]
+        args = [*params, *page(limit, offset)]
 
         def fn(conn: sqlite3.Connection) -> list[RecordingRow]:
-            return [_recording(r) for r in conn.execute(sql, args)]
+            return [recording_from_row(r) for r in conn.execute(sql, args)]
 
         rows: list[RecordingRow] = await self._read(fn)
         return rows
@@ -107,10 +83,10 @@ class SQLiteRecordingsMixin:
             " WHERE closed_at IS NULL AND COALESCE(last_audio_at, created_at) < ?"
             " ORDER BY COALESCE(last_audio_at, created_at), audio_uuid LIMIT ?"
         )
-        args = (idle_before, max(0, min(limit, _MAX_PAGE)))
+        args = (idle_before, bounded(limit))
 
         def fn(conn: sqlite3.Connection) -> list[RecordingRow]:
-            return [_recording(r) for r in conn.execute(sql, args)]
+            return [recording_from_row(r) for r in conn.execute(sql, args)]
 
         rows: list[RecordingRow] = await self._read(fn)
         return rows
@@ -164,7 +140,7 @@ class SQLiteRecordingsMixin:
     async def read_audio(
         self, audio_uuid: str, *, after_seq: int = -1, limit: int = 64
     ) -> list[tuple[int, bytes]]:
-        args = (audio_uuid, after_seq, max(0, min(limit, _MAX_PAGE)))
+        args = (audio_uuid, after_seq, bounded(limit))
 
         def fn(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
             return [
@@ -204,7 +180,7 @@ class SQLiteRecordingsMixin:
                 f"SELECT {_O_COLUMNS} FROM {source}"
                 f" WHERE o.stage = ? {owner} ORDER BY {newest} LIMIT ? OFFSET ?"
             )
-            args: list[Any] = [stage, *owner_args, *_page(limit, offset)]
+            args: list[Any] = [stage, *owner_args, *page(limit, offset)]
         else:
             words = query_words(query)
             if not words:
@@ -215,7 +191,7 @@ class SQLiteRecordingsMixin:
                 f" WHERE outputs_fts MATCH ? AND o.stage = ? {owner}"
                 f" ORDER BY bm25(outputs_fts), {newest} LIMIT ? OFFSET ?"
             )
-            args = [fts5_match(words), stage, *owner_args, *_page(limit, offset)]
+            args = [fts5_match(words), stage, *owner_args, *page(limit, offset)]
 
         def fn(conn: sqlite3.Connection) -> list[StoredOutput]:
             return [_output(r) for r in conn.execute(sql, args)]
