@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -13,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import typer
 from rich.console import Console
@@ -149,6 +150,13 @@ def _when(ts: float | None) -> str:
 # -- running ----------------------------------------------------------------------------------
 
 
+# The largest WebSocket message `lifeline serve` accepts (uvicorn's ws_max_size; its default is
+# 16 MiB). Audio frames are small: 20 ms of Opus is under 100 bytes, 100 ms of 16 kHz PCM is
+# 3.2 kB, and clients send a few kB at a time. A larger message closes its connection with 1009
+# (message too big), so one client cannot make the server buffer 16 MiB per frame.
+WS_MAX_MESSAGE_BYTES: Final = 1024 * 1024
+
+
 @app.command(epilog=_SETTINGS_EPILOG)
 def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on [LIFELINE_HOST]")] = None,
@@ -186,6 +194,7 @@ def serve(
         access_log=False,  # our request log leaves out query strings (tokens)
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
     )
 
 
@@ -328,8 +337,10 @@ def _upload_all(client: Any, files: list[Path], device: str | None, wait: bool, 
     """Upload each file with a progress bar, then (``wait``) follow them; how many failed."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    accepted: list[tuple[str, str]] = []
+    accepted: list[tuple[str, str]] = []  # (how the file is shown, its audio_uuid)
     failures = 0
+    # files are shown by their name, or by their path where two names are the same (a/x.wav b/x.wav)
+    names = collections.Counter(path.name for path in files)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -350,7 +361,7 @@ def _upload_all(client: Any, files: list[Path], device: str | None, wait: bool, 
             if r.status_code == 202:
                 item = r.json()["files"][0]
                 if item.get("status") == "queued":
-                    accepted.append((path.name, item["audio_uuid"]))
+                    accepted.append((path.name if names[path.name] == 1 else str(path), item["audio_uuid"]))
                     progress.console.print(
                         f"{path.name}: queued as {item['audio_uuid']} ({item['duration_seconds']:.1f} s)"
                     )
@@ -376,32 +387,36 @@ def _response_detail(r: Any) -> str:
 
 
 def _follow(client: Any, accepted: list[tuple[str, str]], timeout: float) -> int:
-    """Poll each conversation until it is done, printing its stages whenever they change;
-    returns how many did not complete."""
+    """Poll each conversation (``accepted``: (how it is shown, audio_uuid) pairs) until it is
+    done, printing its stages whenever they change; returns how many did not complete.
+
+    Followed by audio_uuid: two files may have the same name."""
     deadline = time.monotonic() + timeout
     shown: dict[str, str] = {}
-    pending = dict(accepted)
-    details: dict[str, dict[str, Any]] = {}
+    pending = {audio_uuid: name for name, audio_uuid in accepted}
+    details: dict[str, tuple[str, dict[str, Any]]] = {}
+    lost = 0
     while pending and time.monotonic() < deadline:
-        for name, audio_uuid in list(pending.items()):
+        for audio_uuid, name in list(pending.items()):
             r = client.get(f"/api/conversations/{audio_uuid}")
             if r.status_code != 200:
                 console.print(f"[red]{name}: HTTP {r.status_code}:[/red] {_response_detail(r)}")
-                pending.pop(name)
+                pending.pop(audio_uuid)
+                lost += 1
                 continue
             body = r.json()
             stages = "  ".join(f"{stage}={state or '-'}" for stage, state in body["stages"].items())
             line = f"{name}: {body['status']:<11} {stages}"
-            if shown.get(name) != line:
+            if shown.get(audio_uuid) != line:
                 console.print(line)
-                shown[name] = line
+                shown[audio_uuid] = line
             if body["status"] in _DONE_STATES:
-                details[name] = body
-                pending.pop(name)
+                details[audio_uuid] = (name, body)
+                pending.pop(audio_uuid)
         if pending:
             time.sleep(1.0)
-    for name, body in details.items():
-        console.print(f"[bold]{name}[/bold] ({body['audio_uuid']}): {body['status']}")
+    for audio_uuid, (name, body) in details.items():
+        console.print(f"[bold]{name}[/bold] ({audio_uuid}): {body['status']}")
         if body.get("transcript"):
             console.print(f"  transcript: {body['transcript']['text']}")
         for memory in body.get("memories", []):
@@ -409,13 +424,9 @@ def _follow(client: Any, accepted: list[tuple[str, str]], timeout: float) -> int
         for item in body.get("action_items", []):
             due = f" (due {item['due']})" if item.get("due") else ""
             console.print(f"  action item: {item['text']}{due}")
-    for name in pending:
+    for name in pending.values():
         console.print(f"[yellow]{name}: not done after {timeout:.0f} s[/yellow]")
-    return (
-        len(pending)
-        + sum(1 for b in details.values() if b["status"] != "completed")
-        + (len(accepted) - len(details) - len(pending))
-    )
+    return lost + len(pending) + sum(1 for _, b in details.values() if b["status"] != "completed")
 
 
 @app.command()

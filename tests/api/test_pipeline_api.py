@@ -4,13 +4,15 @@ memories and action items, and ownership (somebody else's id is a 404)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from lifeline import audio
+from lifeline.api import routes_pipeline
 from lifeline.domain import JobState, NextJob, Output
-from lifeline.store.base import Store
+from lifeline.store.base import RecordingReport, Store, StoredOutput
 
 from .audio_helpers import pcm16, tone
 from .conftest import Api
@@ -262,15 +264,16 @@ async def test_action_items_filter_and_update(api: Api, users: dict[str, Any]) -
         "/api/action-items/a-2:0", json={"status": "done", "assignee": "me"}, headers=alice
     )
     assert r.status_code == 200, r.text
-    assert r.json() | {"created_at": 0} == {
+    assert r.json() | {"updated_at": 0} == {
         "id": "a-2:0",
         "audio_uuid": "a-2",
+        "filename": "a-2.wav",
         "text": "call the dentist",
         "assignee": "me",
         "due": "Friday",
         "status": "done",
         "at_seconds": 0.5,
-        "created_at": 0,
+        "updated_at": 0,
     }
     r = await api.client.get("/api/action-items", params={"status": "open"}, headers=alice)
     assert [a["id"] for a in r.json()["items"]] == ["a-2:1"]
@@ -307,3 +310,366 @@ async def test_a_recording_made_by_code_without_jobs(api: Api, users: dict[str, 
     assert r.json()["status"] == "pending"
     assert r.json()["stages"]["chunk"] is None
     assert (await api.client.get("/api/conversations/coded/audio", headers=users["alice"])).status_code == 404
+
+
+# -- reprocess: a double click --------------------------------------------------------------------
+
+
+async def test_two_reprocess_requests_at_once_queue_one_job(
+    api: Api, users: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both requests read the recording's state before either queues (a barrier holds each one
+    after its read until the other has read too): both find the stage idle, and still one job
+    is queued, whose id both answers carry."""
+    store, alice = api.ctx.store, users["alice"]
+    before = {j.id for j in await store.list_jobs(recording_id="a-1", queue="memory")}
+    both_read = asyncio.Barrier(2)
+    read_state = store.recording_status
+
+    async def read_then_wait(audio_uuid: str) -> RecordingReport:
+        report = await read_state(audio_uuid)
+        await asyncio.wait_for(both_read.wait(), timeout=10)
+        return report
+
+    monkeypatch.setattr(store, "recording_status", read_then_wait)
+    answers = await asyncio.gather(
+        *(
+            api.client.post("/api/conversations/a-1/reprocess", params={"from": "memory"}, headers=alice)
+            for _ in range(2)
+        )
+    )
+    assert [r.status_code for r in answers] == [202, 202], [r.text for r in answers]
+    assert answers[0].json()["job_id"] == answers[1].json()["job_id"]
+    new = [j for j in await store.list_jobs(recording_id="a-1", queue="memory") if j.id not in before]
+    assert [j.id for j in new] == [answers[0].json()["job_id"]]
+    assert new[0].state == JobState.PENDING
+    monkeypatch.undo()
+
+    # once that job is done, the stage can be run again: a new job (the key moved on)
+    job = await store.claim("memory", worker_id="test")
+    assert job is not None
+    assert job.id == new[0].id
+    await store.complete(job)
+    again = await api.client.post(
+        "/api/conversations/a-1/reprocess", params={"from": "memory"}, headers=alice
+    )
+    assert again.status_code == 202, again.text
+    assert again.json()["job_id"] not in {*before, new[0].id}
+
+
+async def test_reprocess_after_the_stages_dead_letters_were_purged(api: Api, users: dict[str, Any]) -> None:
+    """Purging dead letters deletes some of the stage's finished jobs: the next reprocess must
+    still queue a new job, not find the key of an old one (a key made of a count of finished
+    jobs would come back to one already used)."""
+    store, alice = api.ctx.store, users["alice"]
+
+    async def reprocess_and_run(*, fail: bool) -> int:
+        r = await api.client.post(
+            "/api/conversations/a-1/reprocess", params={"from": "memory"}, headers=alice
+        )
+        assert r.status_code == 202, r.text
+        job = await store.claim("memory", worker_id="test")
+        assert job is not None
+        assert job.id == r.json()["job_id"]
+        if fail:
+            assert await store.fail(job, "the LLM answered nonsense", permanent=True) == JobState.DEAD_LETTER
+        else:
+            await store.complete(job)
+        return job.id
+
+    dead = await reprocess_and_run(fail=True)
+    done = await reprocess_and_run(fail=False)
+    assert await store.purge_dead_letters("memory") == 1
+    assert dead not in {j.id for j in await store.list_jobs(recording_id="a-1", queue="memory")}
+    r = await api.client.post("/api/conversations/a-1/reprocess", params={"from": "memory"}, headers=alice)
+    assert r.status_code == 202, r.text
+    assert r.json()["job_id"] not in {dead, done}
+    assert (await store.get_job(r.json()["job_id"])).job.state == JobState.PENDING
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+
+async def test_pages_say_whether_more_follow(api: Api, users: dict[str, Any]) -> None:
+    alice = users["alice"]
+    r = await api.client.get("/api/conversations", params={"limit": 1}, headers=alice)
+    assert (r.json()["total"], r.json()["has_more"]) == (2, True)
+    r = await api.client.get("/api/conversations", params={"limit": 1, "offset": 1}, headers=alice)
+    assert (r.json()["total"], r.json()["has_more"]) == (2, False)
+
+    r = await api.client.get("/api/memories", params={"limit": 1}, headers=alice)
+    body = r.json()
+    assert (body["limit"], body["offset"], body["has_more"]) == (1, 0, True)
+    assert [m["id"] for m in body["items"]] == ["a-2:0"]
+    r = await api.client.get("/api/memories", params={"limit": 1, "offset": 1}, headers=alice)
+    assert ([m["id"] for m in r.json()["items"]], r.json()["has_more"]) == (["a-1:0"], False)
+    r = await api.client.get("/api/memories", params={"limit": 2}, headers=alice)
+    assert (len(r.json()["items"]), r.json()["has_more"]) == (2, False)
+
+    r = await api.client.get("/api/action-items", params={"limit": 1}, headers=alice)
+    body = r.json()
+    assert ([a["id"] for a in body["items"]], body["has_more"], body["next_cursor"]) == (["a-2:0"], True, 1)
+    r = await api.client.get("/api/action-items", params={"limit": 1, "cursor": 1}, headers=alice)
+    body = r.json()
+    assert ([a["id"] for a in body["items"]], body["has_more"], body["next_cursor"]) == (
+        ["a-2:1"],
+        False,
+        None,
+    )
+    r = await api.client.get("/api/action-items", params={"status": "done"}, headers=alice)
+    assert r.json() | {"items": None} == {
+        "items": None,
+        "limit": 50,
+        "offset": 0,
+        "cursor": 0,
+        "has_more": False,
+        "next_cursor": None,
+    }
+
+
+async def test_memories_and_action_items_name_their_recordings_file_and_when_they_changed(
+    api: Api, users: dict[str, Any]
+) -> None:
+    alice = users["alice"]
+    store = api.ctx.store
+    await seed(store, "third", users["alice_id"], text="x", memories=["a memory"], actions=["a thing"])
+    memories = (await api.client.get("/api/memories", headers=alice)).json()["items"]
+    assert {m["audio_uuid"]: m["filename"] for m in memories} == {
+        "third": "third.wav",
+        "a-2": "a-2.wav",
+        "a-1": "a-1.wav",
+    }
+    items = (await api.client.get("/api/action-items", params={"status": "open"}, headers=alice)).json()
+    assert {a["id"]: a["filename"] for a in items["items"]} == {
+        "third:0": "third.wav",
+        "a-2:0": "a-2.wav",
+        "a-2:1": "a-2.wav",
+    }
+    detail = (await api.client.get("/api/conversations/a-2", headers=alice)).json()
+    assert {m["filename"] for m in detail["memories"] + detail["action_items"]} == {"a-2.wav"}
+    assert "created_at" not in memories[0]
+    # the time is when the item was last written: an edit moves it
+    [before] = [a for a in items["items"] if a["id"] == "a-2:1"]
+    stored = await store.get_output("a-2", "action_item", 1)
+    assert before["updated_at"] == stored.updated_at
+    await asyncio.sleep(0.01)
+    r = await api.client.patch("/api/action-items/a-2:1", json={"text": "buy tulips"}, headers=alice)
+    assert r.json()["updated_at"] > before["updated_at"]
+    assert r.json()["updated_at"] == (await store.get_output("a-2", "action_item", 1)).updated_at
+
+
+async def test_a_memory_of_a_recording_without_a_file_name(api: Api, users: dict[str, Any]) -> None:
+    store = api.ctx.store
+    await store.add_recording(
+        "live", user_id=users["alice_id"], source="stream", first_job=NextJob("memory", {})
+    )
+    job = await store.claim("memory", worker_id="test")
+    assert job is not None
+    await store.complete(job, outputs=[Output("live", "memory", 0, {"text": "streamed thought"})])
+    r = await api.client.get("/api/memories", params={"q": "streamed"}, headers=users["alice"])
+    assert [(m["id"], m["filename"]) for m in r.json()["items"]] == [("live:0", None)]
+
+
+async def many_action_items(store: Store, user_id: str, count: int) -> list[StoredOutput]:
+    """A recording with ``count`` action items, every third one done; all of the user's items,
+    in the order the API lists them."""
+    await seed(
+        store, "many", user_id, text="a busy day", memories=[], actions=[f"task {i}" for i in range(count)]
+    )
+    for i in range(0, count, 3):
+        item = await store.get_output("many", "action_item", i)
+        await store.update_output("many", "action_item", i, {**item.data, "status": "done"})
+    return await store.search_outputs("action_item", user_id=user_id, limit=1000)
+
+
+async def test_paging_by_status_with_the_cursor_reads_from_where_the_last_page_ended(
+    api: Api, users: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, alice = api.ctx.store, users["alice"]
+    everything = await many_action_items(store, users["alice_id"], 700)
+    reads: list[tuple[int, int]] = []  # (offset, limit) of each store read
+    search = store.search_outputs
+
+    async def counted(stage: str, **kwargs: Any) -> list[StoredOutput]:
+        reads.append((kwargs.get("offset", 0), kwargs.get("limit", 50)))
+        return await search(stage, **kwargs)
+
+    monkeypatch.setattr(store, "search_outputs", counted)
+    for status in ("open", "done"):
+        expected = [
+            f"{o.recording_id}:{o.index}" for o in everything if o.data.get("status", "open") == status
+        ]
+        seen: list[str] = []
+        cursor: int | None = 0
+        while cursor is not None:
+            reads.clear()
+            r = await api.client.get(
+                "/api/action-items", params={"status": status, "limit": 50, "cursor": cursor}, headers=alice
+            )
+            assert r.status_code == 200, r.text
+            page = r.json()
+            assert all(a["status"] == status for a in page["items"])
+            seen += [a["id"] for a in page["items"]]
+            # each page reads from its cursor on, and not much more than a page's worth: the items
+            # before the cursor are not read again (the cost does not grow page after page)
+            assert reads, reads
+            assert reads[0][0] == cursor, reads
+            assert sum(limit for _, limit in reads) <= 2 * routes_pipeline._SCAN_PAGE, reads
+            assert page["has_more"] == (page["next_cursor"] is not None)
+            if page["has_more"]:
+                assert len(page["items"]) == 50
+                assert page["next_cursor"] > cursor
+            cursor = page["next_cursor"]
+        assert seen == expected
+    # offset still counts items of the asked status (from the cursor on)
+    open_ids = [f"{o.recording_id}:{o.index}" for o in everything if o.data.get("status", "open") == "open"]
+    r = await api.client.get(
+        "/api/action-items", params={"status": "open", "limit": 5, "offset": 3}, headers=alice
+    )
+    assert [a["id"] for a in r.json()["items"]] == open_ids[3:8]
+    first = (
+        await api.client.get("/api/action-items", params={"status": "open", "limit": 5}, headers=alice)
+    ).json()
+    r = await api.client.get(
+        "/api/action-items",
+        params={"status": "open", "limit": 5, "offset": 3, "cursor": first["next_cursor"]},
+        headers=alice,
+    )
+    assert [a["id"] for a in r.json()["items"]] == open_ids[8:13]
+
+
+# -- audio: byte ranges ---------------------------------------------------------------------------
+
+# chunks of different sizes (a stream commits what has arrived), one of a single sample
+CHUNKS = [1000, 666, 32000, 2, 4000, 10]
+
+
+@pytest.fixture
+async def chunked(api: Api, users: dict[str, Any]) -> bytes:
+    """A recording of alice's stored in chunks of different sizes; its whole WAV file."""
+    store = api.ctx.store
+    await store.add_recording("chunky", user_id=users["alice_id"], source="stream")
+    pcm = pcm16(tone(sum(CHUNKS) / 2 / 16000))
+    assert len(pcm) == sum(CHUNKS)
+    at = 0
+    for seq, size in enumerate(CHUNKS):
+        await store.append_audio("chunky", seq, pcm[at : at + size])
+        at += size
+    return audio.to_wav(pcm)
+
+
+async def get_range(api: Api, users: dict[str, Any], value: str, **headers: str) -> Any:
+    return await api.client.get(
+        "/api/conversations/chunky/audio", headers={**users["alice"], "Range": value, **headers}
+    )
+
+
+async def test_audio_byte_ranges_are_exact_slices_of_the_file(
+    api: Api, users: dict[str, Any], chunked: bytes
+) -> None:
+    size = len(chunked)
+    whole = await api.client.get("/api/conversations/chunky/audio", headers=users["alice"])
+    assert whole.status_code == 200
+    assert whole.content == chunked
+    assert whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["content-length"] == str(size)
+    edges = [0, 1, 43, 44, 45, 1043, 1044, 1045, 1710, 1711, 33709, 33710, 33711, 33712, size - 2, size - 1]
+    for first in edges:
+        for last in edges:
+            if last < first:
+                continue
+            r = await get_range(api, users, f"bytes={first}-{last}")
+            assert r.status_code == 206, (first, last, r.text)
+            assert r.content == chunked[first : last + 1], (first, last)
+            assert r.headers["content-range"] == f"bytes {first}-{last}/{size}"
+            assert r.headers["content-length"] == str(last - first + 1)
+            assert r.headers["accept-ranges"] == "bytes"
+    # a last byte past the end is the end
+    r = await get_range(api, users, f"bytes=1000-{size + 500}")
+    assert (r.status_code, r.content) == (206, chunked[1000:])
+    assert r.headers["content-range"] == f"bytes 1000-{size - 1}/{size}"
+
+
+async def test_audio_open_ended_and_suffix_ranges(api: Api, users: dict[str, Any], chunked: bytes) -> None:
+    size = len(chunked)
+    for first in (0, 44, 1700, size - 1):
+        r = await get_range(api, users, f"bytes={first}-")
+        assert (r.status_code, r.content) == (206, chunked[first:]), first
+        assert r.headers["content-range"] == f"bytes {first}-{size - 1}/{size}"
+    for suffix in (1, 10, 44, 5000, size):
+        r = await get_range(api, users, f"bytes=-{suffix}")
+        assert (r.status_code, r.content) == (206, chunked[-suffix:]), suffix
+        assert r.headers["content-range"] == f"bytes {size - suffix}-{size - 1}/{size}"
+    # a suffix longer than the file is the whole file; so is a last byte far past its end
+    for value in (
+        f"bytes=-{size * 3}",
+        f"bytes=-{'9' * 5000}",
+        f"bytes=0-{'9' * 5000}",
+        f"bytes=00000-{'0' * 30}{size - 1}",
+    ):
+        r = await get_range(api, users, value)
+        assert (r.status_code, r.content) == (206, chunked), value
+        assert r.headers["content-range"] == f"bytes 0-{size - 1}/{size}"
+
+
+async def test_audio_unsatisfiable_and_ignored_ranges(
+    api: Api, users: dict[str, Any], chunked: bytes
+) -> None:
+    size = len(chunked)
+    huge = "9" * 5000  # more digits than int() takes
+    for value in (
+        f"bytes={size}-",
+        f"bytes={size}-{size + 10}",
+        f"bytes={huge}-",
+        f"bytes={huge}-{huge}",
+        "bytes=-0",
+        "bytes=-000",
+    ):
+        r = await get_range(api, users, value)
+        assert r.status_code == 416, (value, r.text)
+        assert r.headers["content-range"] == f"bytes */{size}"
+        assert "detail" in r.json()
+    # malformed, another unit, several ranges, a reversed range: ignored, the whole file
+    for value in ("bytes=abc", "bytes=-", "items=0-10", "bytes=0-1,5-9", "bytes=10-5", "bytes 0-10", ""):
+        r = await get_range(api, users, value)
+        assert (r.status_code, r.content) == (200, chunked), value
+    # If-Range: the range only while the file is still the one the client has
+    etag = (await get_range(api, users, "bytes=0-0")).headers["etag"]
+    r = await get_range(api, users, "bytes=0-9", **{"If-Range": etag})
+    assert (r.status_code, r.content) == (206, chunked[:10])
+    r = await get_range(api, users, "bytes=0-9", **{"If-Range": '"another"'})
+    assert (r.status_code, r.content) == (200, chunked)
+    # the audio grows (an open stream): another file, another validator
+    await api.ctx.store.append_audio("chunky", len(CHUNKS), b"\0\0")
+    assert (await get_range(api, users, "bytes=0-0")).headers["etag"] != etag
+    # somebody else's: 404, whatever the range
+    r = await api.client.get(
+        "/api/conversations/chunky/audio", headers={**users["bob"], "Range": "bytes=0-10"}
+    )
+    assert r.status_code == 404
+
+
+async def test_audio_range_reads_no_chunk_after_its_end(
+    api: Api, users: dict[str, Any], chunked: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = api.ctx.store
+    reads: list[int] = []
+    read_audio = store.read_audio
+
+    async def counted(audio_uuid: str, *, after_seq: int = -1, limit: int = 64) -> list[tuple[int, bytes]]:
+        reads.append(after_seq)
+        return await read_audio(audio_uuid, after_seq=after_seq, limit=limit)
+
+    monkeypatch.setattr(store, "read_audio", counted)
+    monkeypatch.setattr(routes_pipeline, "AUDIO_PAGE", 1)
+    r = await get_range(api, users, "bytes=50-60")  # inside the first chunk
+    assert r.content == chunked[50:61]
+    assert reads == [-1]
+    reads.clear()
+    r = await get_range(api, users, "bytes=1044-1709")  # exactly the second chunk
+    assert r.content == chunked[1044:1710]
+    assert reads == [-1, 0]
+    reads.clear()
+    r = await get_range(api, users, "bytes=0-43")  # the header alone reads no audio
+    assert r.content == chunked[:44]
+    assert reads == []

@@ -320,7 +320,7 @@ def test_search_memories_and_delete_one(
     page.goto(f"{site.dashboard}#/memories?q=hiking")
     expect(page.get_by_label("Search memories")).to_have_value("hiking")
     expect(found).to_have_count(len(expected))
-    ours.get_by_role("link", name=audio_uuid).click()
+    ours.get_by_role("link", name="hiking.wav").click()  # the recording's file name
     expect(page.get_by_role("heading", level=1)).to_have_text("hiking.wav")
     expect(page.locator("#memories")).to_contain_text(mine[0]["text"])
 

@@ -123,7 +123,7 @@ def test_upload_with_lifeline_submit_wait(server: tuple[Server, str], tmp_path: 
 
 
 def _submit(
-    s: Server, cwd: Path, *args: str, stdin: str = "", **env: str
+    s: Server, cwd: Path, *args: str, stdin: str = "", timeout: float = 120, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """``lifeline --url <server> submit <args>`` without the caller's LIFELINE_* settings."""
     return subprocess.run(
@@ -131,7 +131,7 @@ def _submit(
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=cwd,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}, **env},
         check=False,
@@ -142,6 +142,39 @@ def _own_filenames(s: Server, token: str) -> list[str]:
     r = httpx.get(f"{s.url}/api/conversations", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert r.status_code == 200, r.text
     return [c["filename"] for c in r.json()["items"]]
+
+
+def test_lifeline_submit_wait_follows_files_with_the_same_name(
+    server: tuple[Server, str], tmp_path: Path
+) -> None:
+    s, token = server
+    paths = []
+    for folder in ("here", "there"):
+        (tmp_path / folder).mkdir()
+        wav = tmp_path / folder / "same.wav"
+        wav.write_bytes(espeak_wav(SHORT))
+        paths.append(wav)
+    done = _submit(
+        s,
+        tmp_path,
+        *map(str, paths),
+        "--wait",
+        "--timeout",
+        str(TIMEOUT),
+        timeout=TIMEOUT + 30,
+        LIFELINE_TOKEN=token,
+        COLUMNS="1000",  # rich wraps at the terminal's width: keep each long path on its line
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + s.log_tail()
+    out = " ".join(done.stdout.split())
+    uuids = set()
+    for path in paths:
+        assert f"{path}: completed" in out, out
+        uuids.add(out.split(f"{path} (", 1)[1].split(")", 1)[0])  # "<path> (<audio_uuid>): completed"
+    assert len(uuids) == 2
+    for audio_uuid in uuids:
+        body = wait_done(s, token, audio_uuid)
+        assert (body["filename"], body["status"]) == ("same.wav", "completed")
 
 
 @pytest.mark.parametrize("how", ["password-stdin", "LIFELINE_PASSWORD"])

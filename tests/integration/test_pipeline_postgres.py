@@ -300,7 +300,7 @@ def check_speech(body: dict[str, Any], said: str, memory_word: str, action_word:
 
 
 def without_time(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in item.items() if k != "created_at"}
+    return {k: v for k, v in item.items() if k != "updated_at"}
 
 
 def rows(database_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -429,10 +429,10 @@ def test_delete_and_reprocess_from_memory(fleet: Fleet, token: str) -> None:
         "memory": ["completed", "completed"],
         "action_item": ["completed"],
     }
-    # the stale memory is gone and none is doubled; the re-run rewrote them (a new created_at)
+    # the stale memory is gone and none is doubled; the re-run rewrote them (a newer updated_at)
     assert [without_time(m) for m in after["memories"]] == [without_time(m) for m in before["memories"]]
     assert all(
-        new["created_at"] > old["created_at"]
+        new["updated_at"] > old["updated_at"]
         for new, old in zip(after["memories"], before["memories"], strict=True)
     )
     assert after["action_items"] == before["action_items"]

@@ -56,9 +56,10 @@ class ConversationOut(BaseModel):
 
 class ConversationPage(BaseModel):
     items: list[ConversationOut]
-    total: int
+    total: int = Field(description="conversations in all pages")
     limit: int
     offset: int
+    has_more: bool = Field(description="whether a page follows this one (offset + limit)")
 
 
 class SegmentOut(BaseModel):
@@ -72,49 +73,62 @@ class TranscriptOut(BaseModel):
     segments: list[SegmentOut]
 
 
+_UPDATED_AT = "when it was last written: by its stage (a reprocess rewrites it) or by a user's edit"
+_FILENAME = "the name of the recording's uploaded file (null: a stream, or a recording made by code)"
+
+
 class MemoryOut(BaseModel):
     id: str = Field(description="<audio_uuid>:<index>")
     audio_uuid: str
+    filename: str | None = Field(description=_FILENAME)
     text: str
     category: str | None
-    created_at: float
+    updated_at: float = Field(description=_UPDATED_AT)
 
     @classmethod
-    def of(cls, out: StoredOutput) -> MemoryOut:
+    def of(cls, out: StoredOutput, filename: str | None) -> MemoryOut:
         data = out.data
         return cls(
             id=f"{out.recording_id}:{out.index}",
             audio_uuid=out.recording_id,
+            filename=filename,
             text=str(data.get("text", "")),
             category=_opt_str(data.get("category")),
-            created_at=out.updated_at,
+            updated_at=out.updated_at,
         )
 
 
 class ActionItemOut(BaseModel):
     id: str = Field(description="<audio_uuid>:<index>")
     audio_uuid: str
+    filename: str | None = Field(description=_FILENAME)
     text: str
     assignee: str | None
     due: str | None
     status: str = Field(description="open or done")
     at_seconds: float | None
-    created_at: float
+    updated_at: float = Field(description=_UPDATED_AT)
 
     @classmethod
-    def of(cls, out: StoredOutput) -> ActionItemOut:
+    def of(cls, out: StoredOutput, filename: str | None) -> ActionItemOut:
         data = out.data
         at = data.get("at_seconds")
         return cls(
             id=f"{out.recording_id}:{out.index}",
             audio_uuid=out.recording_id,
+            filename=filename,
             text=str(data.get("text", "")),
             assignee=_opt_str(data.get("assignee")),
             due=_opt_str(data.get("due")),
-            status=str(data.get("status") or "open"),
+            status=cls.status_of(out),
             at_seconds=float(at) if isinstance(at, int | float) else None,
-            created_at=out.updated_at,
+            updated_at=out.updated_at,
         )
+
+    @staticmethod
+    def status_of(out: StoredOutput) -> str:
+        """open or done (an item without a status is open)."""
+        return str(out.data.get("status") or "open")
 
 
 class ConversationAttemptOut(BaseModel):
@@ -152,11 +166,29 @@ class ReprocessOut(BaseModel):
 
 
 class MemoryPage(BaseModel):
+    """One page of memories. There is no total (the store cannot count them without reading them
+    all): ``has_more`` says whether another page follows."""
+
     items: list[MemoryOut]
+    limit: int
+    offset: int
+    has_more: bool = Field(description="whether a page follows this one (offset + limit)")
 
 
 class ActionItemPage(BaseModel):
+    """One page of action items. There is no total (the store cannot count them without reading
+    them all): ``has_more`` says whether another page follows. To page, pass ``next_cursor`` as
+    ``cursor`` (and no ``offset``): each page then costs about the same, where with ``status`` a
+    growing ``offset`` costs more the further it goes."""
+
     items: list[ActionItemOut]
+    limit: int
+    offset: int
+    cursor: int
+    has_more: bool = Field(description="whether more items (of the asked status) follow")
+    next_cursor: int | None = Field(
+        description="the ``cursor`` of the next page (null: this is the last page)"
+    )
 
 
 class ActionItemPatch(BaseModel):

@@ -6,10 +6,12 @@ an id that does not exist.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+import hashlib
+import re
+from collections.abc import AsyncIterator, Iterable
+from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from lifeline import audio
@@ -32,6 +34,7 @@ from lifeline.api.pipeline_schemas import (
     TranscriptOut,
 )
 from lifeline.api.responses import AUTHENTICATED, errors
+from lifeline.api.schemas import ErrorOut
 from lifeline.domain import CLAIMABLE_STATES, JobState, NotFound, Stage, User
 from lifeline.store.base import RecordingRow, StoredOutput
 
@@ -43,6 +46,15 @@ OutputId = Annotated[
 ]
 Limit = Annotated[int, Query(ge=1, le=200)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
+Cursor = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=1_000_000_000,
+        description="where the page starts among all your action items (of either status): the"
+        " previous page's next_cursor",
+    ),
+]
 PREVIEW_CHARS = 200
 _NOT_FOUND = errors(404)
 _ACTIVE = (*CLAIMABLE_STATES, JobState.PROCESSING)
@@ -61,6 +73,21 @@ async def _owned(ctx: AppContext, user: User, audio_uuid: str) -> RecordingRow:
     if row is None or (not user.is_superuser and row.user_id != user.id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no conversation {audio_uuid!r}")
     return row
+
+
+async def _filenames(ctx: AppContext, outputs: Iterable[StoredOutput]) -> dict[str, str | None]:
+    """The filename of each output's recording: one read per recording, not per output.
+
+    (The store's ``search_outputs`` joins the recordings already; returning their filename from
+    it would save these reads.)"""
+    names: dict[str, str | None] = {}
+    for out in outputs:
+        if out.recording_id not in names:
+            try:
+                names[out.recording_id] = (await ctx.store.get_recording(out.recording_id)).filename
+            except NotFound:
+                names[out.recording_id] = None  # deleted meanwhile
+    return names
 
 
 def _split_id(output_id: str) -> tuple[str, int]:
@@ -114,7 +141,9 @@ async def list_conversations(
             items.append((await _summary(ctx, row))[0])
         except NotFound:
             continue  # deleted meanwhile
-    return ConversationPage(items=items, total=total, limit=limit, offset=offset)
+    return ConversationPage(
+        items=items, total=total, limit=limit, offset=offset, has_more=offset + limit < total
+    )
 
 
 @router.get(
@@ -141,8 +170,8 @@ async def get_conversation(ctx: Ctx, user: CurrentUser, audio_uuid: AudioUuid) -
     return ConversationDetailOut(
         **summary.model_dump(),
         transcript=transcript,
-        memories=[MemoryOut.of(m) for m in memories],
-        action_items=[ActionItemOut.of(a) for a in actions],
+        memories=[MemoryOut.of(m, row.filename) for m in memories],
+        action_items=[ActionItemOut.of(a, row.filename) for a in actions],
         jobs=[
             ConversationJobOut(
                 id=i.job.id,
@@ -170,48 +199,172 @@ async def get_conversation(ctx: Ctx, user: CurrentUser, audio_uuid: AudioUuid) -
     )
 
 
+WAV_HEADER_BYTES: Final = 44
+# chunks read from the store at a time while streaming audio: uploads store ten seconds a chunk
+# (320 kB), so a page is at most about 5 MB in memory
+AUDIO_PAGE: Final = 16
+_BYTES_SPEC = re.compile(r"\s*([0-9]*)\s*-\s*([0-9]*)\s*")
+_PAST_ANY_END: Final = 10**18  # what a position of more digits than that counts as
+_WAV_CONTENT = {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": {"type": "string"}}
+
+
+_ACCEPT_RANGES = _header("always bytes: seeking asks for a byte range (Range: bytes=a-b)")
+
+
+def _requested_range(value: str, size: int) -> tuple[int, int] | None:
+    """The one byte range a ``Range`` header asks of a ``size``-byte file, as (first, last),
+    inclusive, ``last`` clamped to the end of the file; ``None`` to send the whole file instead (a
+    malformed header, another unit, or several ranges: RFC 9110 lets a server ignore those).
+
+    ``bytes=a-b``, ``bytes=a-`` (from ``a`` to the end) and ``bytes=-n`` (the last ``n`` bytes).
+    HTTP 416 when the range holds no byte of the file (it starts at or past the end, or ``-0``).
+    """
+    unit, sep, spec = value.partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    match = _BYTES_SPEC.fullmatch(spec)
+    if match is None or match.group(0).strip() == "-":
+        return None
+    first_text, last_text = match.groups()
+    if first_text:
+        first = _position(first_text)
+        last = _position(last_text) if last_text else _PAST_ANY_END  # bytes=a-: to the end
+        if last < first:
+            return None  # not a valid range: ignored, like any malformed one
+        if first >= size:
+            raise _unsatisfiable(size)
+        return first, min(last, size - 1)
+    suffix = _position(last_text)
+    if suffix == 0:
+        raise _unsatisfiable(size)
+    return max(0, size - suffix), size - 1
+
+
+def _position(digits: str) -> int:
+    """A byte position; one too long for ``int`` (Python refuses over 4300 digits) is past any end."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) < 18 else _PAST_ANY_END
+
+
+def _unsatisfiable(size: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_416_RANGE_NOT_SATISFIABLE,
+        f"the range asks for no byte of the file ({size} bytes)",
+        headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
+    )
+
+
+def _etag(row: RecordingRow) -> str:
+    """A strong validator of the WAV file: its audio only grows (an open stream) or stays."""
+    key = f"{row.audio_uuid}\0{row.created_at!r}\0{row.audio_chunks}\0{row.audio_bytes}"
+    return f'"{hashlib.sha256(key.encode()).hexdigest()[:32]}"'
+
+
+async def _wav_bytes(
+    ctx: AppContext, audio_uuid: str, total: int, start: int, stop: int
+) -> AsyncIterator[bytes]:
+    """Bytes ``[start, stop)`` of the WAV file of ``total`` bytes of audio (after its 44-byte header).
+
+    Chunks can differ in size (a stream commits what has arrived), and the store tells a chunk's
+    size only by returning it, so the pages before ``start`` are read to count their bytes but not
+    sent; no page after ``stop`` is read. Audio deleted meanwhile is sent as silence, to keep the
+    length promised in Content-Length.
+    """
+    header = audio.wav_header(total)
+    if start < WAV_HEADER_BYTES:
+        yield header[start:stop]
+    first, end = max(0, start - WAV_HEADER_BYTES), stop - WAV_HEADER_BYTES  # in the audio
+    sent, position, after = 0, 0, -1  # position: where the next chunk starts in the audio
+    while position < end:
+        page = await ctx.store.read_audio(audio_uuid, after_seq=after, limit=AUDIO_PAGE)
+        if not page:
+            break
+        for seq, pcm in page:
+            after = seq
+            piece = pcm[max(0, first - position) : max(0, end - position)]
+            position += len(pcm)
+            if piece:
+                sent += len(piece)
+                yield piece
+            if position >= end:
+                break
+    if sent < max(0, end - first):  # deleted while streaming: keep the promised length
+        yield bytes(end - first - sent)
+
+
 @router.get(
     "/api/conversations/{audio_uuid}/audio",
     response_class=StreamingResponse,
     responses={
         200: {
-            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "WAV",
+            "content": _WAV_CONTENT,
+            "description": "the whole WAV file",
+            "headers": {"Accept-Ranges": _ACCEPT_RANGES, "ETag": _header("a strong validator")},
+        },
+        206: {
+            "content": _WAV_CONTENT,
+            "description": "the asked byte range of the WAV file",
+            "headers": {
+                "Content-Range": _header("bytes <first>-<last>/<size of the whole file>"),
+                "Accept-Ranges": _ACCEPT_RANGES,
+                "ETag": _header("a strong validator"),
+            },
+        },
+        416: {
+            "model": ErrorOut,
+            "description": "the range holds no byte of the file",
+            "headers": {"Content-Range": _header("bytes */<size of the whole file>")},
         },
         **errors(404, 503, described={404: "unknown, not yours, or without audio"}),
     },
 )
-async def conversation_audio(ctx: Ctx, user: CurrentUser, audio_uuid: AudioUuid) -> StreamingResponse:
-    """The conversation's audio as a 16 kHz mono 16-bit WAV file, streamed page by page."""
+async def conversation_audio(
+    ctx: Ctx,
+    user: CurrentUser,
+    audio_uuid: AudioUuid,
+    request: Request,
+    range_header: Annotated[
+        str | None,
+        Header(
+            alias="Range",
+            description="one byte range: bytes=<first>-<last>, bytes=<first>- or bytes=-<suffix"
+            " length>; anything else (several ranges, another unit, a malformed range) is ignored"
+            " and the whole file is sent",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """The conversation's audio as a 16 kHz mono 16-bit WAV file, streamed page by page.
+
+    With a ``Range`` header (an ``<audio>`` element seeking), 206 and only the asked bytes; 416
+    when they lie past the end. With an ``If-Range`` that is not the current ``ETag``, the whole
+    file (200).
+    """
     row = await _owned(ctx, user, audio_uuid)
     if row.audio_bytes <= 0:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {audio_uuid!r} has no audio")
-    total = row.audio_bytes
-    store = ctx.store
-
-    async def body() -> AsyncIterator[bytes]:
-        yield audio.wav_header(total)
-        sent, after = 0, -1
-        while sent < total:
-            page = await store.read_audio(audio_uuid, after_seq=after, limit=16)
-            if not page:
-                break
-            for seq, pcm in page:
-                piece = pcm[: total - sent]
-                sent += len(piece)
-                after = seq
-                if piece:
-                    yield piece
-        if sent < total:  # deleted while streaming: keep the promised length
-            yield bytes(total - sent)
-
+    size = row.audio_bytes + WAV_HEADER_BYTES
+    etag = _etag(row)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Content-Disposition": f'attachment; filename="{audio_uuid}.wav"',
+    }
+    wanted = None
+    if range_header is not None and request.headers.get("if-range", etag) == etag:
+        wanted = _requested_range(range_header, size)
+    first, last = wanted if wanted is not None else (0, size - 1)
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    headers["Content-Length"] = str(last - first + 1)
     return StreamingResponse(
-        body(),
+        _wav_bytes(ctx, audio_uuid, row.audio_bytes, first, last + 1),
+        status_code=status.HTTP_206_PARTIAL_CONTENT if wanted is not None else status.HTTP_200_OK,
         media_type="audio/wav",
-        headers={
-            "Content-Length": str(total + 44),
-            "Content-Disposition": f'attachment; filename="{audio_uuid}.wav"',
-        },
+        headers=headers,
     )
 
 
@@ -261,10 +414,20 @@ async def reprocess(
         Query(alias="from", description="the stage to re-run; transcription re-runs everything after it"),
     ],
 ) -> ReprocessOut:
-    """Re-run one stage of a conversation (keeping the earlier stages' outputs)."""
+    """Re-run one stage of a conversation (keeping the earlier stages' outputs).
+
+    409 while the stage is queued or running. Two requests at once (a double click) may both find
+    it idle; they queue one job between them, and both answer 202 with its id: the job's
+    idempotency key names the recording, the stage and the stage's newest job before it (which
+    both see), and the store returns the first job for a key already used. That newest job is
+    the right generation because ids only grow: while the job queued under a key exists, it is
+    the stage's newest job or an older one than the newest, so nobody computes that key again
+    (a count of finished jobs would go back down when retention deletes old jobs); once it is
+    deleted, its key is free again."""
     row = await _owned(ctx, user, audio_uuid)
     report = await ctx.store.recording_status(audio_uuid)
     stage_report = report.stages.get(from_stage)
+    newest = max((info.job.id for info in stage_report.jobs), default=0) if stage_report else 0
     if stage_report is not None and stage_report.state in _ACTIVE:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"{from_stage} of {audio_uuid} is already queued or running"
@@ -279,7 +442,12 @@ async def reprocess(
     elif not await ctx.store.get_outputs(audio_uuid, needs):
         raise HTTPException(status.HTTP_409_CONFLICT, f"{audio_uuid} has no {needs} yet")
     job_id = await ctx.store.enqueue(
-        from_stage, {}, recording_id=audio_uuid, user_id=row.user_id, client_id=row.client_id
+        from_stage,
+        {},
+        recording_id=audio_uuid,
+        user_id=row.user_id,
+        client_id=row.client_id,
+        idempotency_key=f"reprocess:{audio_uuid}:{from_stage}:{newest}",
     )
     return ReprocessOut(audio_uuid=audio_uuid, stage=from_stage, job_id=job_id)
 
@@ -295,12 +463,20 @@ async def list_memories(
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> MemoryPage:
-    """Memories, newest conversation first; with ``q``, those matching every word, best first."""
+    """Memories, newest conversation first; with ``q``, those matching every word, best first.
+
+    No total: ``has_more`` says whether another page follows."""
     query = q.strip() if q else None
     found = await ctx.store.search_outputs(
-        Stage.MEMORY.value, user_id=_scope(user), query=query or None, limit=limit, offset=offset
+        Stage.MEMORY.value, user_id=_scope(user), query=query or None, limit=limit + 1, offset=offset
     )
-    return MemoryPage(items=[MemoryOut.of(o) for o in found])
+    names = await _filenames(ctx, found[:limit])
+    return MemoryPage(
+        items=[MemoryOut.of(o, names[o.recording_id]) for o in found[:limit]],
+        limit=limit,
+        offset=offset,
+        has_more=len(found) > limit,
+    )
 
 
 @router.delete(
@@ -326,6 +502,7 @@ async def delete_memory(ctx: Ctx, user: CurrentUser, memory_id: OutputId) -> Res
 
 # -- action items -----------------------------------------------------------------------------
 
+# raw action items read per store call while filtering by status
 _SCAN_PAGE = 200
 
 
@@ -336,34 +513,55 @@ async def list_action_items(
     status_filter: Annotated[Literal["open", "done"] | None, Query(alias="status")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
+    cursor: Cursor = 0,
 ) -> ActionItemPage:
-    """Action items, newest conversation first; only open or done ones with ``status``."""
+    """Action items, newest conversation first; only open or done ones with ``status``.
+
+    The page starts at ``cursor`` (a position among all your action items, of either status),
+    skips ``offset`` items (of the asked status) and holds the next ``limit``. No total:
+    ``has_more`` says whether more follow, and ``next_cursor`` is where the next page starts.
+    Paging by cursor costs about the same on every page; with ``status``, a large ``offset``
+    costs more (the store cannot filter by status, so the items it skips are read and
+    filtered here).
+    """
     scope = _scope(user)
+    # (position among all the caller's action items, item), at most limit + 1 of them
+    found: list[tuple[int, StoredOutput]] = []
     if status_filter is None:
-        found = await ctx.store.search_outputs(
-            Stage.ACTION_ITEM.value, user_id=scope, limit=limit, offset=offset
-        )
-        return ActionItemPage(items=[ActionItemOut.of(o) for o in found])
-    items: list[ActionItemOut] = []
-    skipped, position = 0, 0
-    while len(items) < limit:
+        start = cursor + offset
         page = await ctx.store.search_outputs(
-            Stage.ACTION_ITEM.value, user_id=scope, limit=_SCAN_PAGE, offset=position
+            Stage.ACTION_ITEM.value, user_id=scope, limit=limit + 1, offset=start
         )
-        position += len(page)
-        for out in page:
-            item = ActionItemOut.of(out)
-            if item.status != status_filter:
-                continue
-            if skipped < offset:
-                skipped += 1
-                continue
-            items.append(item)
-            if len(items) == limit:
+        found = list(enumerate(page, start))
+    else:
+        skipped, position = 0, cursor
+        while len(found) <= limit:
+            page = await ctx.store.search_outputs(
+                Stage.ACTION_ITEM.value, user_id=scope, limit=_SCAN_PAGE, offset=position
+            )
+            for at, out in enumerate(page, position):
+                if ActionItemOut.status_of(out) != status_filter:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                found.append((at, out))
+                if len(found) > limit:
+                    break
+            position += len(page)
+            if len(page) < _SCAN_PAGE:
                 break
-        if len(page) < _SCAN_PAGE:
-            break
-    return ActionItemPage(items=items)
+    has_more = len(found) > limit
+    found = found[:limit]
+    names = await _filenames(ctx, (out for _, out in found))
+    return ActionItemPage(
+        items=[ActionItemOut.of(out, names[out.recording_id]) for _, out in found],
+        limit=limit,
+        offset=offset,
+        cursor=cursor,
+        has_more=has_more,
+        next_cursor=found[-1][0] + 1 if has_more else None,
+    )
 
 
 @router.patch(
@@ -376,7 +574,7 @@ async def update_action_item(
 ) -> ActionItemOut:
     """Mark an action item done (or open again), or correct its text, assignee or due date."""
     audio_uuid, index = _split_id(item_id)
-    await _owned(ctx, user, audio_uuid)
+    row = await _owned(ctx, user, audio_uuid)
     try:
         current: StoredOutput = await ctx.store.get_output(audio_uuid, Stage.ACTION_ITEM.value, index)
         data = dict(current.data)
@@ -388,4 +586,4 @@ async def update_action_item(
         updated = await ctx.store.update_output(audio_uuid, Stage.ACTION_ITEM.value, index, data)
     except NotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no action item {item_id!r}") from None
-    return ActionItemOut.of(updated)
+    return ActionItemOut.of(updated, row.filename)

@@ -35,8 +35,8 @@ function itemList(items, empty, onToggle) {
           "span",
           { class: "muted small from" },
           "from ",
-          h("a", { href: `#/recordings/${encodeURIComponent(item.audio_uuid)}`, class: "rec-link", "data-uuid": item.audio_uuid }, item.audio_uuid),
-          `${at}, ${fmtTime(item.created_at)}`,
+          h("a", { href: `#/recordings/${encodeURIComponent(item.audio_uuid)}`, class: "rec-link", "data-uuid": item.audio_uuid }, item.filename || item.audio_uuid),
+          `${at}, updated ${fmtTime(item.updated_at)}`,
         ),
       );
     }),
@@ -59,7 +59,7 @@ export function actionItemsView({ user, frame, live, toast, errorText }) {
   const headings = {};
   const sections = LISTS.map(({ status, title }) => {
     boxes[status] = h("div", { id: `items-${status}` });
-    pagers[status] = new Pager(`${status} action items`, PAGE, () => poll.now());
+    pagers[status] = new Pager(`${status} action items`, PAGE, () => poll.now(), { cursor: true });
     headings[status] = h("h2", { id: `h-items-${status}`, tabindex: "-1" }, title);
     return h("section", { "aria-labelledby": `h-items-${status}` }, headings[status], boxes[status], pagers[status].element);
   });
@@ -91,11 +91,11 @@ export function actionItemsView({ user, frame, live, toast, errorText }) {
     let stepped = false;
     LISTS.forEach(({ status, empty }, i) => {
       const pager = pagers[status];
-      if (pager.stepBackIfEmpty(answers[i].items)) {
+      if (pager.stepBackIfEmpty(answers[i])) {
         stepped = true;
         return;
       }
-      const items = pager.show(answers[i].items);
+      const items = pager.show(answers[i]);
       patch(boxes[status], items, (list) => itemList(list, empty, toggle));
     });
     if (stepped) poll.now();

@@ -34,8 +34,8 @@ function memoryList(items, query, onDelete) {
           { class: "muted small memory-meta" },
           m.category ? h("span", { class: "tag first" }, m.category) : null,
           "from recording ",
-          h("a", { href: `#/recordings/${encodeURIComponent(m.audio_uuid)}`, class: "rec-link", "data-uuid": m.audio_uuid }, m.audio_uuid),
-          `, ${fmtTime(m.created_at)}`,
+          h("a", { href: `#/recordings/${encodeURIComponent(m.audio_uuid)}`, class: "rec-link", "data-uuid": m.audio_uuid }, m.filename || m.audio_uuid),
+          `, updated ${fmtTime(m.updated_at)}`,
         ),
         remove,
       );
@@ -122,11 +122,11 @@ export function memoriesView({ user, params, frame, live, toast, errorText }) {
     const asked = query;
     const answer = await api("/api/memories", { query: { q: asked, ...pager.query } });
     if (asked !== query) return; // a newer search is on its way
-    if (pager.stepBackIfEmpty(answer.items)) {
+    if (pager.stepBackIfEmpty(answer)) {
       poll.now();
       return;
     }
-    const items = pager.show(answer.items);
+    const items = pager.show(answer);
     summary.textContent = asked && items.length ? `Memories that contain “${asked}”, best matches first:` : "";
     patch(list, { asked, items }, (d) => memoryList(d.items, d.asked, remove));
   };
