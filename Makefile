@@ -35,6 +35,9 @@ test: lint types unit
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/postgres.py
+	$(BIN)/python bench/asr_rtf.py --runs 3 --cache tests/artifacts/models
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

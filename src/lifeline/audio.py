@@ -24,7 +24,8 @@ Bad input raises an :class:`AudioError`, a :class:`~lifeline.domain.PermanentErr
 cannot help) carrying a short ``reason`` code and the HTTP status an upload endpoint should answer
 with (415 not audio, 422 undecodable/empty/silent, 413 too large/too long).
 
-Omi devices send raw Opus packets without a container: :class:`OpusPacketDecoder`.
+Streams: :class:`PcmConverter` turns raw PCM of any format into ``PCM16K`` piece by piece, and
+:class:`OpusPacketDecoder` the raw Opus packets (no container) that Omi devices send.
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ class DecodedAudio:
 # Levels and silence
 
 _WINDOW = TARGET_RATE // 10  # 100 ms
+SILENCE_DBFS: Final = -50.0  # no 100 ms window louder than this: silence
 
 
 def to_dbfs(rms_value: float) -> float:
@@ -207,7 +209,7 @@ def peak_dbfs(pcm: bytes) -> float:
     return to_dbfs(float(levels.max())) if levels.size else -math.inf
 
 
-def is_silent(pcm: bytes, threshold_dbfs: float = -50.0) -> bool:
+def is_silent(pcm: bytes, threshold_dbfs: float = SILENCE_DBFS) -> bool:
     """True when no 100 ms window of ``pcm`` is louder than ``threshold_dbfs``."""
     return peak_dbfs(pcm) < threshold_dbfs
 
@@ -778,6 +780,73 @@ def _take(frames: list[Any]) -> Iterator[bytes]:
     for frame in frames:
         # s16 mono is packed: one plane, exactly samples * 2 bytes of it are audio.
         yield bytes(frame.planes[0])[: frame.samples * TARGET_WIDTH]
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw PCM of any format (WebSocket streams)
+
+
+class PcmConverter:
+    """Raw interleaved PCM of any rate, width (1-4 bytes) and channel count to 16 kHz mono s16le.
+
+    Keeps an incomplete sample frame for the next call, and the resampler's state across calls.
+    """
+
+    def __init__(self, rate: int = TARGET_RATE, width: int = 2, channels: int = 1) -> None:
+        if not 1000 <= rate <= 768_000:
+            raise ValueError(f"unsupported sample rate {rate}")
+        if width not in (1, 2, 3, 4):
+            raise ValueError(f"unsupported sample width {width}")
+        if not 1 <= channels <= 64:
+            raise ValueError(f"unsupported channel count {channels}")
+        self.rate, self.width, self.channels = rate, width, channels
+        self._frame = width * channels
+        self._carry = b""
+        self._passthrough = rate == TARGET_RATE and width == 2 and channels == 1
+        self._resampler: av.audio.resampler.AudioResampler | None = None
+
+    def convert(self, data: bytes) -> bytes:
+        data = self._carry + data
+        whole = len(data) // self._frame * self._frame
+        data, self._carry = data[:whole], data[whole:]
+        if not data:
+            return b""
+        if self._passthrough:
+            return data
+        mono = self._to_mono(data)
+        if self.rate == TARGET_RATE:
+            return _float_to_s16(mono)
+        return self._resample(mono)
+
+    def flush(self) -> bytes:
+        """What the resampler still holds (call at the end of the stream)."""
+        if self._resampler is None:
+            return b""
+        return b"".join(_flush(self._resampler))
+
+    def _to_mono(self, data: bytes) -> npt.NDArray[np.float32]:
+        samples: npt.NDArray[np.float32]
+        if self.width == 1:
+            samples = (np.frombuffer(data, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+        elif self.width == 2:
+            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        elif self.width == 3:
+            raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+            ints = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
+            ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
+            samples = ints.astype(np.float32) / float(1 << 23)
+        else:
+            samples = (np.frombuffer(data, dtype="<i4").astype(np.float64) / float(1 << 31)).astype(
+                np.float32
+            )
+        frames = samples.reshape(-1, self.channels)
+        mono = frames[:, 0] if self.channels == 1 else frames.mean(axis=1)
+        return np.ascontiguousarray(mono, dtype=np.float32)
+
+    def _resample(self, mono: npt.NDArray[np.float32]) -> bytes:
+        if self._resampler is None:
+            self._resampler = _resampler()
+        return b"".join(_resample(self._resampler, mono, self.rate))
 
 
 # ---------------------------------------------------------------------------------------------

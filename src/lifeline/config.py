@@ -81,11 +81,15 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting("LIFELINE_EMBEDDER_URL / _MODEL / _API_KEY", "", "the embedding server (default: the LLM's)"),
     Setting("LIFELINE_MODEL_CACHE_DIR", "<data dir>/models", "where the packaged Whisper model is assembled"),
     Setting("LIFELINE_UPLOAD_MAX_MB", "512", "largest accepted upload file, in MB (413 beyond)"),
-    Setting("LIFELINE_UPLOAD_MAX_SECONDS", "14400", "longest accepted recording, in seconds (413 beyond)"),
+    Setting(
+        "LIFELINE_UPLOAD_MAX_SECONDS",
+        "14400",
+        "longest accepted upload, in seconds (413 beyond); a streamed conversation this long rolls over",
+    ),
     Setting(
         "LIFELINE_STREAM_IDLE_SECONDS",
         "60",
-        "a WebSocket conversation without audio this long is closed and transcribed",
+        "a WebSocket conversation with no audio, or only silence, for this long is closed and transcribed",
     ),
     Setting("LIFELINE_MONGODB_URL", "", "a MongoDB to ping in the health monitor (mongodb://host:port)"),
     Setting(

@@ -6,10 +6,11 @@ Independent of HTTP: the routes in :mod:`lifeline.api.routes_audio` call these f
   thread) into 16 kHz mono s16le, stores it in ~10 s chunks as it is decoded (the file is never held
   in memory a second time), and only then enqueues the recording's ``chunk`` job. When decoding
   fails half-way the recording is deleted again: bad input leaves nothing behind.
-- :class:`StreamSession` is one WebSocket conversation: it creates its recording on the first
-  audio, commits what it has buffered every second (of audio, or of time), and closes the
-  conversation (the ``chunk`` job) on audio-stop, on disconnect, or after ``idle_seconds`` without
-  audio.
+- :class:`StreamSession` is one WebSocket connection's conversations: it creates a recording on
+  the first sound (with a second of the silence before it), commits what it has buffered every
+  second (of audio, or of time), and closes the conversation (the ``chunk`` job) on audio-stop, on
+  disconnect, after ``idle_seconds`` without frames (wall time) or of silent frames (audio time),
+  and when it reaches its maximum length (the audio after it starts the next one).
 - :func:`sweep_unfinished` finds recordings nobody will ever close (the server died mid-stream, an
   upload was cut off by a crash): a stream's committed audio is handed to the pipeline, an
   unfinished upload is deleted.
@@ -28,12 +29,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
-
-import numpy as np
-import numpy.typing as npt
 
 from lifeline import audio
 from lifeline.config import Settings
@@ -44,6 +43,9 @@ log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK_SECONDS: Final = 10.0
 STREAM_COMMIT_SECONDS: Final = 1.0
+STREAM_WINDOW_SECONDS: Final = 0.1  # a stream is judged silent or not 100 ms at a time
+STREAM_PREROLL_SECONDS: Final = 1.0  # silence kept before the first sound of a conversation
+STREAM_TRAIL_SECONDS: Final = 1.0  # silence kept after its last sound
 # The sweeper waits this much longer than a session's idle timeout (at least; see sweep_margin).
 SWEEP_MARGIN_SECONDS: Final = 10.0
 SOURCE_UPLOAD: Final = "upload"
@@ -188,17 +190,50 @@ class ClosedConversation:
     audio_uuid: str
     duration_seconds: float
     job_id: int
+    reason: str = ""
+
+
+class CloseReason(StrEnum):
+    """Why a conversation was closed (the ``reason`` of the ``conversation-closed`` event)."""
+
+    AUDIO_STOP = "audio-stop"
+    IDLE = "idle"  # no frames at all for idle_seconds (wall time)
+    SILENCE = "silence"  # frames, but silent ones, for idle_seconds of audio
+    MAX_LENGTH = "max-length"  # the conversation reached max_seconds of audio: it rolls over
+    DISCONNECT = "disconnect"
+
+
+OnOpen = Callable[[], Awaitable[None]]
 
 
 class StreamSession:
     """One WebSocket connection's audio: zero or more conversations, one after the other.
 
-    :meth:`feed` takes 16 kHz mono s16le PCM. The first audio creates a recording (``source``
-    ``stream``); buffered audio is committed once it reaches ``commit_seconds`` of audio, or once
-    ``commit_seconds`` have passed since the last commit (so a crash loses at most that much, and
-    the recording's ``last_audio_at`` trails the last frame received by at most that much however
-    slowly a client sends: the sweeper relies on it). :meth:`close` commits the rest and enqueues
-    the ``chunk`` job. After a close, the next audio starts a new recording.
+    :meth:`feed` takes 16 kHz mono s16le PCM and looks at it in 100 ms windows
+    (:data:`STREAM_WINDOW_SECONDS`), each silent or not by :func:`lifeline.audio.is_silent` at
+    ``silence_dbfs``. Devices stream all the time, silence included, so:
+
+    - While no conversation is open, silence opens none: the latest ``preroll_seconds`` of it are
+      kept in memory, and the first window that is not silent opens a recording (``source``
+      ``stream``) that starts with that pre-roll, so the first word is not cut.
+    - In an open conversation, a pause is held back in memory; speech after it stores the pause
+      too (the recording keeps the conversation's timing). A pause reaching ``idle_seconds`` *of
+      audio* (samples received, not wall time, so a client sending faster than real time behaves
+      the same) closes the conversation (:attr:`CloseReason.SILENCE`) with only
+      ``trail_seconds`` of it; the rest is dropped, and its last ``preroll_seconds`` become the
+      next conversation's pre-roll. Every close keeps at most ``trail_seconds`` of a trailing pause.
+    - A conversation reaching ``max_seconds`` of audio is closed (:attr:`CloseReason.MAX_LENGTH`)
+      and the audio after it goes on into a new one.
+
+    Stored audio is committed once ``commit_seconds`` of it are buffered, or ``commit_seconds``
+    after the last commit (so a crash loses at most that much speech; a held-back pause is silence
+    and is not committed until speech follows it). :meth:`close` commits the rest and enqueues the
+    ``chunk`` job; the caller closes on audio-stop, on disconnect, and when no frames at all came
+    for ``idle_seconds`` of wall time (:meth:`idle_timeout`). :meth:`feed` returns the
+    conversations it closed itself, each with its :attr:`ClosedConversation.reason`.
+
+    ``on_open`` is awaited before each new recording is created (the WebSocket re-checks its
+    token there); whatever it raises propagates and nothing is created.
 
     If the recording was closed by someone else meanwhile (the sweeper took this connection for
     dead), its pipeline may already have read its audio, and the store refuses more of it
@@ -214,7 +249,12 @@ class StreamSession:
         user_id: str,
         device_name: str | None,
         idle_seconds: float,
+        max_seconds: float | None = None,
+        silence_dbfs: float = audio.SILENCE_DBFS,
+        preroll_seconds: float = STREAM_PREROLL_SECONDS,
+        trail_seconds: float = STREAM_TRAIL_SECONDS,
         commit_seconds: float = STREAM_COMMIT_SECONDS,
+        on_open: OnOpen | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -222,13 +262,24 @@ class StreamSession:
         self.device_name = device_name
         self.client_id = client_id_for(user_id, device_name)
         self.idle_seconds = idle_seconds
-        self._commit_bytes = max(2, int(commit_seconds * audio.BYTES_PER_SECOND) // 2 * 2)
+        self.silence_dbfs = silence_dbfs
+        self._silence_bytes = _pcm_bytes(idle_seconds)
+        self._max_bytes = _pcm_bytes(max_seconds) if max_seconds is not None else None
+        self._preroll_bytes = _pcm_bytes(preroll_seconds, minimum=0)
+        self._trail_bytes = _pcm_bytes(trail_seconds, minimum=0)
+        self._window_bytes = _pcm_bytes(STREAM_WINDOW_SECONDS)
+        self._commit_bytes = _pcm_bytes(commit_seconds)
         self._commit_seconds = commit_seconds
+        self._on_open = on_open
         self._clock = clock
         self.audio_uuid: str | None = None
         self._seq = 0
-        self._bytes = 0
-        self._buffer = bytearray()
+        self._bytes = 0  # committed to the open recording
+        self._buffer = bytearray()  # the open recording's audio, not yet committed
+        self._pause = bytearray()  # silence since the last sound of the open conversation
+        self._preroll = bytearray()  # the latest silence while no conversation is open
+        self._odd = b""  # half a sample, waiting for its other half
+        self._closed: list[ClosedConversation] = []
         self._last_audio = clock()
         self._last_commit = self._last_audio
 
@@ -237,7 +288,7 @@ class StreamSession:
         return self.audio_uuid is not None
 
     def idle_for(self) -> float:
-        """Seconds since the last audio."""
+        """Seconds (wall time) since the last frame."""
         return self._clock() - self._last_audio
 
     def idle_timeout(self) -> float | None:
@@ -246,21 +297,81 @@ class StreamSession:
             return None
         return max(0.0, self.idle_seconds - self.idle_for())
 
-    async def feed(self, pcm: bytes) -> None:
+    async def feed(self, pcm: bytes) -> list[ClosedConversation]:
+        """Take audio; returns the conversations it closed (silence, maximum length)."""
         if not pcm:
-            return
+            return []
         self._last_audio = self._clock()
-        if self.audio_uuid is None:
-            await self._start()
-        self._buffer += pcm
-        if (
+        data = self._odd + pcm
+        whole = len(data) // 2 * 2
+        data, self._odd = data[:whole], data[whole:]
+        self._closed = []
+        if data:
+            silent = [audio.to_dbfs(float(level)) < self.silence_dbfs for level in audio.window_rms(data)]
+            window = self._window_bytes
+            pos = 0
+            while pos < len(data):
+                index = pos // window
+                end = min(len(data), (index + 1) * window)
+                pos += await self._take(data[pos:end], silent[index])
+        if self.audio_uuid is not None and (
             len(self._buffer) >= self._commit_bytes
             or self._last_audio - self._last_commit >= self._commit_seconds
         ):
             await self._commit()
+        closed, self._closed = self._closed, []
+        return closed
+
+    async def _take(self, piece: bytes, silent: bool) -> int:
+        """Handle (a head of) one window; returns how many of its bytes were used."""
+        if self.audio_uuid is None:
+            if silent:
+                self._keep_preroll(piece)
+                return len(piece)
+            await self._start()
+            head = bytes(self._preroll)
+            self._preroll.clear()
+            used = await self._append(head + piece)
+            return max(0, used - len(head))
+        if silent:
+            self._pause += piece
+            if len(self._pause) >= self._silence_bytes:
+                await self._close_itself(CloseReason.SILENCE)
+            return len(piece)
+        if self._pause:  # speech after a pause: the pause is part of the conversation
+            pause = bytes(self._pause)
+            self._pause.clear()
+            used = await self._append(pause)
+            if self.audio_uuid is None:  # the conversation reached its maximum length in the pause
+                self._keep_preroll(pause[used:])
+                return 0
+        return await self._append(piece)
+
+    def _keep_preroll(self, silence: bytes) -> None:
+        self._preroll += silence
+        del self._preroll[: max(0, len(self._preroll) - self._preroll_bytes)]
+
+    async def _append(self, pcm: bytes) -> int:
+        """Add to the open recording, up to its maximum length (then it is closed); returns how
+        many bytes were added."""
+        if self._max_bytes is not None:
+            pcm = pcm[: max(0, self._max_bytes - self._bytes - len(self._buffer))]
+        self._buffer += pcm
+        if len(self._buffer) >= self._commit_bytes:
+            await self._commit()
+        if self._max_bytes is not None and self._bytes + len(self._buffer) >= self._max_bytes:
+            await self._close_itself(CloseReason.MAX_LENGTH)
+        return len(pcm)
+
+    async def _close_itself(self, reason: CloseReason) -> None:
+        closed = await self.close(reason)
+        if closed is not None:
+            self._closed.append(closed)
 
     async def _start(self) -> None:
         """A new recording for the conversation (its id is chosen here)."""
+        if self._on_open is not None:
+            await self._on_open()
         audio_uuid = uuid.uuid4().hex
         await self.store.add_recording(
             audio_uuid,
@@ -273,10 +384,9 @@ class StreamSession:
         self._last_commit = self._clock()
 
     async def _commit(self) -> None:
-        whole = len(self._buffer) // 2 * 2  # a trailing odd byte waits for its other half
-        if self.audio_uuid is None or whole == 0:
+        if self.audio_uuid is None or not self._buffer:
             return
-        data = bytes(self._buffer[:whole])
+        data = bytes(self._buffer)
         try:
             await self.store.append_audio(self.audio_uuid, self._seq, data)
         except Conflict:
@@ -284,102 +394,43 @@ class StreamSession:
                 "recording %s was closed while its stream was still sending (by the sweeper?):"
                 " %.1f s of audio start a new conversation",
                 self.audio_uuid,
-                whole / audio.BYTES_PER_SECOND,
+                len(data) / audio.BYTES_PER_SECOND,
             )
             await self._start()
             await self.store.append_audio(self.audio_uuid, self._seq, data)
-        del self._buffer[:whole]
+        self._buffer.clear()
         self._seq += 1
-        self._bytes += whole
+        self._bytes += len(data)
         self._last_commit = self._clock()
 
-    async def close(self) -> ClosedConversation | None:
-        """Commit what is buffered and hand the conversation to the pipeline (``None`` if none).
+    async def close(self, reason: str = CloseReason.AUDIO_STOP) -> ClosedConversation | None:
+        """Commit what is buffered (and at most ``trail_seconds`` of a trailing pause) and hand the
+        conversation to the pipeline (``None`` if none was open).
 
         Closing a recording that was closed meanwhile (nothing left to commit) finds its job.
         """
+        pause = bytes(self._pause)
+        self._pause.clear()
+        self._odd = b""  # half a sample: not audio
+        self._preroll.clear()
+        if reason == CloseReason.SILENCE:  # the pause goes on: its end is the next pre-roll
+            self._keep_preroll(pause)
         if self.audio_uuid is None:
             return None
+        trail = pause[: self._trail_bytes]
+        if self._max_bytes is not None:
+            trail = trail[: max(0, self._max_bytes - self._bytes - len(self._buffer))]
+        self._buffer += trail
         await self._commit()
-        self._buffer.clear()  # at most one odd byte: not a sample
         audio_uuid = self.audio_uuid
         job_id = await close_recording(self.store, audio_uuid, user_id=self.user_id, client_id=self.client_id)
         self.audio_uuid = None
-        return ClosedConversation(audio_uuid, self._bytes / audio.BYTES_PER_SECOND, job_id)
+        return ClosedConversation(audio_uuid, self._bytes / audio.BYTES_PER_SECOND, job_id, str(reason))
 
 
-class PcmConverter:
-    """Raw interleaved PCM of any rate, width (1-4 bytes) and channel count to 16 kHz mono s16le.
-
-    Keeps an incomplete sample frame for the next call, and the resampler's state across calls.
-    """
-
-    def __init__(self, rate: int = audio.TARGET_RATE, width: int = 2, channels: int = 1) -> None:
-        if not 1000 <= rate <= 768_000:
-            raise ValueError(f"unsupported sample rate {rate}")
-        if width not in (1, 2, 3, 4):
-            raise ValueError(f"unsupported sample width {width}")
-        if not 1 <= channels <= 64:
-            raise ValueError(f"unsupported channel count {channels}")
-        self.rate, self.width, self.channels = rate, width, channels
-        self._frame = width * channels
-        self._carry = b""
-        self._passthrough = rate == audio.TARGET_RATE and width == 2 and channels == 1
-        self._resampler: object | None = None
-
-    def convert(self, data: bytes) -> bytes:
-        data = self._carry + data
-        whole = len(data) // self._frame * self._frame
-        data, self._carry = data[:whole], data[whole:]
-        if not data:
-            return b""
-        if self._passthrough:
-            return data
-        mono = self._to_mono(data)
-        if self.rate == audio.TARGET_RATE:
-            out: bytes = np.clip(np.rint(mono * 32768.0), -32768, 32767).astype("<i2").tobytes()
-            return out
-        return self._resample(mono)
-
-    def flush(self) -> bytes:
-        if self._resampler is None:
-            return b""
-        resampler = self._resampler
-        return b"".join(_frame_bytes(f) for f in resampler.resample(None))  # type: ignore[attr-defined]
-
-    def _to_mono(self, data: bytes) -> npt.NDArray[np.float32]:
-        samples: npt.NDArray[np.float32]
-        if self.width == 1:
-            samples = (np.frombuffer(data, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-        elif self.width == 2:
-            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-        elif self.width == 3:
-            raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-            ints = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
-            ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
-            samples = ints.astype(np.float32) / float(1 << 23)
-        else:
-            samples = (np.frombuffer(data, dtype="<i4").astype(np.float64) / float(1 << 31)).astype(
-                np.float32
-            )
-        frames = samples.reshape(-1, self.channels)
-        mono = frames[:, 0] if self.channels == 1 else frames.mean(axis=1)
-        return np.ascontiguousarray(mono, dtype=np.float32)
-
-    def _resample(self, mono: npt.NDArray[np.float32]) -> bytes:
-        import av
-
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=audio.TARGET_RATE)
-        frame = av.AudioFrame.from_ndarray(mono.reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate = self.rate
-        resampler = self._resampler
-        return b"".join(_frame_bytes(f) for f in resampler.resample(frame))  # type: ignore[attr-defined]
-
-
-def _frame_bytes(frame: object) -> bytes:
-    samples: int = frame.samples  # type: ignore[attr-defined]
-    return bytes(frame.planes[0])[: samples * audio.TARGET_WIDTH]  # type: ignore[attr-defined]
+def _pcm_bytes(seconds: float, *, minimum: int = 2) -> int:
+    """Whole samples of 16 kHz mono s16le in ``seconds`` (at least ``minimum`` bytes)."""
+    return max(minimum, int(seconds * audio.TARGET_RATE) * audio.TARGET_WIDTH)
 
 
 # ---------------------------------------------------------------------------------------------

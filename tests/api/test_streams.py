@@ -9,10 +9,12 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -20,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 import lifeline
 from lifeline import audio
 from lifeline.api import create_app
+from lifeline.api.routes_audio import MESSAGE_OVERHEAD, Inbox
 from lifeline.auth import PasswordHashing
 from lifeline.domain import Stage
 from lifeline.ingest import StreamSession, client_id_for, close_key, sweep_margin, sweep_unfinished
@@ -30,8 +33,8 @@ from .conftest import ADMIN, api_settings
 
 
 class Streams:
-    def __init__(self, live: Live, store: Store, token: str, user_id: str) -> None:
-        self.live, self.store, self.token, self.user_id = live, store, token, user_id
+    def __init__(self, live: Live, store: Store, token: str, user_id: str, http: httpx.AsyncClient) -> None:
+        self.live, self.store, self.token, self.user_id, self.http = live, store, token, user_id, http
 
     def connect(self, path: str = "/ws_pcm", token: str | None = None, device: str = "phone") -> Any:
         return connect(
@@ -41,7 +44,13 @@ class Streams:
 
 @pytest.fixture
 async def streams(tmp_path: Path) -> AsyncIterator[Streams]:
-    settings = api_settings(tmp_path).replace(stream_idle_seconds=1.0)
+    async with open_streams(tmp_path) as opened:
+        yield opened
+
+
+@asynccontextmanager
+async def open_streams(tmp_path: Path, **changes: Any) -> AsyncIterator[Streams]:
+    settings = api_settings(tmp_path).replace(**{"stream_idle_seconds": 1.0, **changes})
     app = create_app(settings, hashing=PasswordHashing(time_cost=1, memory_cost=1024))
     async with live_server(app) as live, httpx.AsyncClient(base_url=live.http) as client:
         r = await client.post("/auth/jwt/login", data={"username": ADMIN[0], "password": ADMIN[1]})
@@ -53,7 +62,7 @@ async def streams(tmp_path: Path) -> AsyncIterator[Streams]:
         r = await client.post(
             "/auth/jwt/login", data={"username": "u@example.com", "password": "user-password-1"}
         )
-        yield Streams(live, app.state.ctx.store, r.json()["access_token"], user_id)
+        yield Streams(live, app.state.ctx.store, r.json()["access_token"], user_id, client)
 
 
 async def event(ws: ClientConnection, kind: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -370,3 +379,175 @@ async def test_a_slow_client_s_audio_is_committed_every_second_of_time(store: St
     ticks.now += 3.0
     assert session.idle_for() == 3.0
     assert session.idle_timeout() == 57.0
+
+
+# -- silence, maximum length, and a hardened protocol ----------------------------------------------------
+
+FRAME = 3200  # 100 ms
+
+
+def quiet(seconds: float, seed: int = 3) -> bytes:
+    """Room noise at about -70 dBFS: silence to the -50 dBFS threshold, but not digital zeros."""
+    rng = np.random.default_rng(seed)
+    return pcm16(0.0003 * rng.standard_normal(int(seconds * 16_000)).astype(np.float32))
+
+
+async def drain(ws: ClientConnection) -> None:
+    """Read until the server closes the connection (ConnectionClosed)."""
+    while True:
+        await ws.recv()
+
+
+async def send_frames(ws: ClientConnection, pcm: bytes, frame: int = FRAME) -> None:
+    for start in range(0, len(pcm), frame):
+        await ws.send(pcm[start : start + frame])
+
+
+async def test_silence_closes_the_conversation_and_speech_opens_the_next_with_a_preroll(
+    tmp_path: Path,
+) -> None:
+    """Speech, 3 s of silence, speech (idle time 2 s), sent far faster than real time: two
+    conversations; the first keeps one second of the pause, the second starts with the last one."""
+    speech1, pause, speech2 = pcm16(tone(1.0)), quiet(3.0), pcm16(tone(1.2, freq=330.0))
+    async with open_streams(tmp_path, stream_idle_seconds=2.0) as streams, streams.connect() as ws:
+        await send_frames(ws, speech1 + pause + speech2)
+        first = (await event(ws, "conversation-closed"))["data"]
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        second = (await event(ws, "conversation-closed"))["data"]
+        store = streams.store
+        assert first["reason"] == "silence"
+        assert first["duration_seconds"] == pytest.approx(2.0)
+        assert await stored_pcm(store, first["audio_uuid"]) == speech1 + pause[:32_000]
+        assert second["reason"] == "audio-stop"
+        assert second["duration_seconds"] == pytest.approx(2.2)
+        assert await stored_pcm(store, second["audio_uuid"]) == pause[-32_000:] + speech2
+        assert await store.count_recordings() == 2
+        for closed in (first, second):
+            [job] = await store.list_jobs(recording_id=closed["audio_uuid"])
+            assert (job.id, job.queue) == (closed["job_id"], Stage.CHUNK.value)
+
+
+async def test_a_pause_shorter_than_the_idle_time_stays_in_the_conversation(tmp_path: Path) -> None:
+    speech1, pause, speech2 = pcm16(tone(0.5)), quiet(1.5), pcm16(tone(0.5))
+    async with open_streams(tmp_path, stream_idle_seconds=2.0) as streams, streams.connect() as ws:
+        await send_frames(ws, quiet(0.3, seed=9) + speech1 + pause + speech2 + quiet(4.0, seed=5))
+        closed = (await event(ws, "conversation-closed"))["data"]
+        assert closed["reason"] == "silence"
+        assert await stored_pcm(streams.store, closed["audio_uuid"]) == (
+            quiet(0.3, seed=9) + speech1 + pause + speech2 + quiet(4.0, seed=5)[:32_000]
+        )
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        assert (await event(ws, "conversation-closed"))["data"]["audio_uuid"] is None
+        assert await streams.store.count_recordings() == 1
+
+
+async def test_continuous_silence_opens_no_conversation(tmp_path: Path) -> None:
+    async with open_streams(tmp_path, stream_idle_seconds=2.0) as streams:
+        async with streams.connect("/ws_omi", device="omi") as omi, streams.connect() as pcm:
+            for packet in opus_packets(quiet(6.0)):
+                await omi.send(packet)
+            await send_frames(pcm, quiet(6.0), frame=640)
+            for ws in (omi, pcm):
+                await ws.send(json.dumps({"type": "audio-stop"}))
+                closed = (await event(ws, "conversation-closed"))["data"]
+                assert (closed["audio_uuid"], closed["reason"]) == (None, "audio-stop")
+        assert await streams.store.count_recordings() == 0
+
+
+async def test_a_conversation_rolls_over_at_the_maximum_length(tmp_path: Path) -> None:
+    pcm = pcm16(tone(7.05))
+    async with open_streams(tmp_path, upload_max_seconds=3.0) as streams, streams.connect() as ws:
+        await send_frames(ws, pcm, frame=4800)  # 150 ms: the limit falls inside a frame
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        closes = [(await event(ws, "conversation-closed"))["data"] for _ in range(3)]
+        assert [c["reason"] for c in closes] == ["max-length", "max-length", "audio-stop"]
+        assert [c["duration_seconds"] for c in closes] == pytest.approx([3.0, 3.0, 1.05])
+        stored = [await stored_pcm(streams.store, c["audio_uuid"]) for c in closes]
+        assert b"".join(stored) == pcm  # nothing lost, nothing doubled at the seams
+        assert len({c["audio_uuid"] for c in closes}) == 3
+        for c in closes:
+            assert [j.id for j in await streams.store.list_jobs(recording_id=c["audio_uuid"])] == [
+                c["job_id"]
+            ]
+
+
+@pytest.mark.parametrize("rate", [float("inf"), float("-inf"), float("nan"), 1e400, 16000.5, True])
+async def test_a_non_finite_or_fractional_rate_is_invalid_data(streams: Streams, rate: Any) -> None:
+    async with streams.connect() as ws:
+        await event(ws, "ready")
+        await ws.send(json.dumps({"type": "audio-start", "data": {"rate": rate, "width": 2, "channels": 1}}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1007
+    assert await streams.store.count_recordings() == 0
+
+
+async def test_an_audio_chunk_header_must_be_followed_by_its_payload(streams: Streams) -> None:
+    header = json.dumps({"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1},
+                         "payload_length": 3200})  # fmt: skip
+    # a payload of another length than its header says
+    async with streams.connect() as ws:
+        await ws.send(pcm16(tone(0.5)))
+        await ws.send(header)
+        await ws.send(pcm16(tone(0.05)))
+        with pytest.raises(ConnectionClosed) as closed:
+            await drain(ws)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1007
+        assert "3200" in closed.value.rcvd.reason
+    # another event instead of the payload
+    async with streams.connect() as ws:
+        await ws.send(header)
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await drain(ws)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1007
+    # the audio before the broken header was kept and handed over
+    [row] = await streams.store.list_recordings()
+    assert row.duration_seconds == pytest.approx(0.5)
+    assert len(await streams.store.list_jobs(recording_id=row.audio_uuid)) == 1
+
+
+async def test_the_token_is_checked_again_when_a_new_conversation_opens(streams: Streams) -> None:
+    async with streams.connect() as ws:
+        await ws.send(pcm16(tone(0.5)))
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        assert (await event(ws, "conversation-closed"))["data"]["audio_uuid"]
+        r = await streams.http.post("/auth/jwt/logout", headers={"Authorization": f"Bearer {streams.token}"})
+        assert r.status_code == 204
+        await ws.send(quiet(0.5))  # silence opens nothing, so nothing is checked yet
+        await ws.send(pcm16(tone(0.5)))
+        with pytest.raises(ConnectionClosed) as closed:
+            await drain(ws)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
+    assert await streams.store.count_recordings() == 1
+
+
+async def test_the_inbox_is_bounded_by_bytes_not_messages() -> None:
+    inbox = Inbox(max_bytes=10_000)
+    big = {"type": "websocket.receive", "bytes": b"x" * 6_000}
+    await inbox.put(big)
+    blocked = asyncio.create_task(inbox.put(dict(big)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()  # 12 kB would be in flight
+    assert inbox.queued_bytes == 6_000 + MESSAGE_OVERHEAD
+    assert await inbox.get() is big
+    await asyncio.wait_for(blocked, timeout=1)
+    # small messages count too (their overhead), and one message beyond the bound gets in alone
+    await inbox.get()
+    small = 10_000 // MESSAGE_OVERHEAD
+    for _ in range(small):
+        await asyncio.wait_for(inbox.put({"type": "websocket.receive", "bytes": b""}), timeout=1)
+    late = asyncio.create_task(inbox.put({"type": "websocket.receive", "bytes": b""}))
+    await asyncio.sleep(0.05)
+    assert not late.done()
+    await inbox.get()
+    await asyncio.wait_for(late, timeout=1)
+    for _ in range(small):
+        await inbox.get()
+    assert inbox.queued_bytes == 0
+    await asyncio.wait_for(inbox.put({"type": "websocket.receive", "bytes": b"y" * 50_000}), timeout=1)
+    assert inbox.queued_bytes == 50_000 + MESSAGE_OVERHEAD

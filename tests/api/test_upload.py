@@ -3,6 +3,7 @@ bad input is refused with its reason and leaves nothing behind."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -173,10 +174,11 @@ async def test_too_large_is_413_per_file_and_per_request(tmp_path: Path) -> None
         r = await upload(api, headers, ("big.wav", wav_bytes(tone(2.0))))  # 64 kB
         assert r.status_code == 413, r.text
         assert "MB" in r.json()["detail"]
-        # a request beyond what 16 files at the limit may weigh is refused before it is read
+        # a request beyond what 8 files at the limit may weigh (8 x 50 kB + 1 MB of form) is
+        # refused before it is read
         r = await api.client.post(
             "/api/audio/upload",
-            content=b"x" * 2_000_000,
+            content=b"x" * 1_500_000,
             headers={**headers, "Content-Type": "multipart/form-data; boundary=abc"},
         )
         assert r.status_code == 413, r.text
@@ -237,3 +239,50 @@ async def test_the_stored_audio_is_served_back_as_wav(api: Api) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"] == "audio/wav"
     assert r.content == audio.to_wav(pcm)
+
+
+async def test_at_most_eight_files_in_one_request(api: Api) -> None:
+    _, headers = await api.new_user("alice@example.com")
+    wav = wav_bytes(tone(0.5))
+    r = await upload(api, headers, *[(f"{i}.wav", wav) for i in range(9)])
+    assert r.status_code == 400, r.text
+    assert "too many files" in r.json()["detail"]
+    await nothing_stored(api)
+    r = await upload(api, headers, *[(f"{i}.wav", wav) for i in range(8)])
+    assert r.status_code == 202, r.text
+    assert len(r.json()["files"]) == 8
+
+
+async def test_files_are_spooled_in_the_data_dir_not_the_system_temp_dir(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the system temp dir gone, a file part past the 1 MiB kept in memory still spools:
+    into <data dir>/uploads-tmp, which holds nothing once the answer is given."""
+    _, headers = await api.new_user("alice@example.com")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
+    data = wav_bytes(tone(40.0))  # 1.28 MB
+    r = await upload(api, headers, ("long.wav", data), ("short.wav", wav_bytes(tone(1.0))))
+    assert r.status_code == 202, r.text
+    assert [f["duration_seconds"] for f in r.json()["files"]] == pytest.approx([40.0, 1.0])
+    spool_dir = api.ctx.settings.data_dir / "uploads-tmp"
+    assert spool_dir.is_dir()
+    assert list(spool_dir.iterdir()) == []
+
+
+async def test_a_file_past_the_limit_is_dropped_while_it_arrives_and_its_batch_mates_kept(
+    tmp_path: Path,
+) -> None:
+    async with make_api(tmp_path, upload_max_mb=0.05) as api:
+        _, headers = await api.new_user("alice@example.com")
+        big = wav_bytes(tone(2.0))  # 64 kB
+        r = await upload(api, headers, ("small.wav", wav_bytes(tone(0.5))), ("big.wav", big))
+        assert r.status_code == 202, r.text
+        small, refused = r.json()["files"]
+        assert small["status"] == "queued"
+        assert (refused["status"], refused["reason"], refused["status_code"]) == (
+            "rejected",
+            "too_large",
+            413,
+        )
+        assert f"{len(big) / 1e6:.1f} MB" in refused["error"]
+        assert await api.ctx.store.count_recordings() == 1

@@ -612,3 +612,48 @@ def test_opus_empty_packet_is_skipped_and_a_bad_one_is_undecodable() -> None:
         decoder.decode(b"\xff\xff\xfe garbage")
     pcm = b"".join(decoder.decode(p) for p in packets)  # the stream goes on after a bad packet
     assert len(pcm) > 0.4 * 32000
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw PCM of any format, piece by piece (WebSocket streams)
+
+
+def test_pcm_converter_passes_16k_mono_through_and_keeps_half_samples() -> None:
+    pcm = (tone(16_000, 0.5) * 32767).astype("<i2").tobytes()
+    converter = audio.PcmConverter()
+    out = converter.convert(pcm[:1001]) + converter.convert(pcm[1001:])
+    assert out == pcm
+    assert converter.flush() == b""
+
+
+@pytest.mark.parametrize(
+    ("rate", "width", "channels"), [(44_100, 2, 2), (48_000, 3, 1), (8000, 1, 1), (16_000, 4, 6)]
+)
+def test_pcm_converter_any_format_in_odd_pieces(rate: int, width: int, channels: int) -> None:
+    samples = tone(rate, 1.0)
+    frames = np.repeat(samples.reshape(-1, 1), channels, axis=1)
+    if width == 1:
+        data = np.clip(frames * 127 + 128, 0, 255).astype(np.uint8).tobytes()
+    elif width == 3:
+        ints = np.rint(frames * 8388607).astype("<i4").reshape(-1)
+        data = ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    else:
+        scale = 32767 if width == 2 else 2147483647
+        data = np.rint(frames * scale).astype("<i2" if width == 2 else "<i4").tobytes()
+    converter = audio.PcmConverter(rate, width, channels)
+    out = b"".join(converter.convert(data[i : i + 997]) for i in range(0, len(data), 997)) + converter.flush()
+    assert len(out) / audio.BYTES_PER_SECOND == pytest.approx(1.0, abs=0.01)
+    assert audio.peak_dbfs(out) == pytest.approx(20 * math.log10(0.5 / math.sqrt(2)), abs=0.5)
+
+
+@pytest.mark.parametrize(("rate", "width", "channels"), [(999, 2, 1), (16_000, 5, 1), (16_000, 2, 0)])
+def test_pcm_converter_refuses_impossible_formats(rate: int, width: int, channels: int) -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        audio.PcmConverter(rate, width, channels)
+
+
+def test_the_silence_threshold_is_named() -> None:
+    assert audio.SILENCE_DBFS == -50.0
+    quiet = (np.full(1600, 0.002) * 32767).astype("<i2").tobytes()  # -54 dBFS
+    assert audio.is_silent(quiet)
+    assert not audio.is_silent(quiet, threshold_dbfs=-60.0)

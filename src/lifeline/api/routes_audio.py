@@ -2,8 +2,11 @@
 
 Acknowledged means durable: an upload is answered once its audio and its ``chunk`` job are
 committed; a stream commits its audio at least every second and closes the conversation (the
-``chunk`` job) on ``audio-stop``, on disconnect, or after ``LIFELINE_STREAM_IDLE_SECONDS`` without
-audio. The logic lives in :mod:`lifeline.ingest`; this module speaks HTTP and WebSocket.
+``chunk`` job) on ``audio-stop``, on disconnect, after ``LIFELINE_STREAM_IDLE_SECONDS`` without
+frames or of silent audio, and at ``LIFELINE_UPLOAD_MAX_SECONDS`` of audio (the next conversation
+goes on from there); each close is told to the client as a ``conversation-closed`` event with its
+reason. The token is checked again whenever a new conversation opens (1008 when it no longer
+holds). The logic lives in :mod:`lifeline.ingest`; this module speaks HTTP and WebSocket.
 """
 
 from __future__ import annotations
@@ -12,12 +15,17 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any, Final
+import math
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
 
 from fastapi import APIRouter, Request, WebSocket, status
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import Message, Receive
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -31,8 +39,10 @@ from lifeline.domain import NotFound
 from lifeline.ingest import (
     Accepted,
     ClosedConversation,
-    PcmConverter,
+    CloseReason,
+    Rejected,
     StreamSession,
+    UploadOutcome,
     ingest_upload,
     upload_limits,
 )
@@ -40,9 +50,16 @@ from lifeline.ingest import (
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["audio"])
 
-MAX_FILES: Final = 16  # files in one upload request
+# One request carries at most MAX_FILES files of at most LIFELINE_UPLOAD_MAX_MB each: its body
+# may weigh MAX_FILES x that (plus FORM_OVERHEAD), and is refused (413) beyond.
+MAX_FILES: Final = 8
 MAX_FIELDS: Final = 64  # other form fields (unknown ones are ignored)
+FIELD_MAX_BYTES: Final = 64 << 10  # one non-file field
 FORM_OVERHEAD: Final = 1 << 20  # multipart boundaries, headers and small fields
+UPLOAD_SPOOL_DIR: Final = "uploads-tmp"  # under the data dir: file parts past SPOOL_MEMORY go here
+SPOOL_MEMORY: Final = 1 << 20
+INBOX_MAX_BYTES: Final = 8 << 20  # a stream's frames received but not yet stored
+MESSAGE_OVERHEAD: Final = 256  # what a message costs in the inbox besides its payload
 DEVICE_NAME_MAX: Final = 100
 POLICY_VIOLATION: Final = 1008
 INVALID_DATA: Final = 1007
@@ -96,6 +113,140 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return limited
 
 
+class _FormError(Exception):
+    """A multipart body that cannot be accepted (400)."""
+
+
+@dataclass(eq=False, slots=True)
+class _FilePart:
+    filename: str | None
+    file: IO[bytes] | None  # None once the part passed the per-file limit (its spool is gone)
+    size: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Part:
+    name: str = ""
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    file: _FilePart | None = None
+    data: bytearray | None = None  # a non-file field's value; None for a file in another field
+
+
+class _UploadForm:
+    """A ``multipart/form-data`` body, parsed as it arrives (python-multipart's parser).
+
+    Starlette's own form parsing spools every file part past 1 MB to the system temporary
+    directory (often a RAM-backed tmpfs), with no way to say where, and keeps a part however large
+    it grows until the whole body is read. Here the parts of the field ``files`` are spooled past
+    :data:`SPOOL_MEMORY` into ``spool_dir`` (the data dir's ``uploads-tmp``), written on a worker
+    thread; a part that passes ``max_file_bytes`` is dropped at once and only its size is counted
+    on (it is refused as too large, its batch mates are not). Files in other fields are counted
+    and their bytes dropped; other fields are kept (up to :data:`FIELD_MAX_BYTES` each) as text.
+    """
+
+    def __init__(self, boundary: bytes, *, spool_dir: Path, max_file_bytes: int) -> None:
+        self.files: list[_FilePart] = []
+        self.fields: dict[str, str] = {}
+        self._spool_dir = spool_dir
+        self._max_file_bytes = max_file_bytes
+        self._part = _Part()
+        self._header_name = b""
+        self._header_value = b""
+        self._file_count = 0
+        self._field_count = 0
+        self._writes: list[tuple[_FilePart, bytes]] = []
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+            },
+        )
+
+    async def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except FormParserError as exc:
+            raise _FormError(f"invalid multipart data: {exc}") from exc
+        writes, self._writes = self._writes, []
+        for part, data in writes:
+            if part.file is not None:
+                await asyncio.to_thread(part.file.write, data)
+
+    def finish(self) -> None:
+        try:
+            self._parser.finalize()
+        except FormParserError as exc:
+            raise _FormError(f"invalid multipart data: {exc}") from exc
+
+    def close(self) -> None:
+        """Close (and so delete) every spooled file; blocking I/O (use a worker thread)."""
+        for part in self.files:
+            if part.file is not None:
+                part.file.close()
+                part.file = None
+
+    def _on_part_begin(self) -> None:
+        self._part = _Part()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._part.headers[self._header_name.lower()] = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._part.headers.get(b"content-disposition", b""))
+        if b"name" not in options:
+            raise _FormError('a part has no Content-Disposition "name"')
+        self._part.name = options[b"name"].decode("utf-8", "replace")
+        if b"filename" in options:
+            self._file_count += 1
+            if self._file_count > MAX_FILES:
+                raise _FormError(f"too many files: at most {MAX_FILES} in one request")
+            if self._part.name == "files":
+                # closing it deletes it (its name is unlinked at once where the OS allows)
+                spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, dir=str(self._spool_dir))  # noqa: SIM115
+                self._part.file = _FilePart(options[b"filename"].decode("utf-8", "replace"), spool)
+                self.files.append(self._part.file)
+        else:
+            self._field_count += 1
+            if self._field_count > MAX_FIELDS:
+                raise _FormError(f"too many fields: at most {MAX_FIELDS} besides the files")
+            self._part.data = bytearray()
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        if part.data is not None:
+            if len(part.data) + end - start > FIELD_MAX_BYTES:
+                raise _FormError(f"the field {part.name!r} is longer than {FIELD_MAX_BYTES} bytes")
+            part.data += data[start:end]
+        elif part.file is not None:
+            upload = part.file
+            upload.size += end - start
+            if upload.file is None:
+                return
+            if upload.size > self._max_file_bytes:  # refused whatever follows: free its spool now
+                self._writes = [(p, d) for p, d in self._writes if p is not upload]
+                spool, upload.file = upload.file, None
+                spool.close()  # at most SPOOL_MEMORY in memory, or one file to unlink
+                return
+            self._writes.append((upload, bytes(data[start:end])))
+
+    def _on_part_end(self) -> None:
+        if self._part.data is not None:
+            self.fields.setdefault(self._part.name, self._part.data.decode("utf-8", "replace"))
+
+
 def _error(code: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=code)
 
@@ -114,7 +265,7 @@ def _error(code: int, detail: str) -> JSONResponse:
             422,
             503,
             described={
-                400: "a malformed multipart body, more than 16 files or more than 64 other fields",
+                400: "a malformed multipart body, more than 8 files or more than 64 other fields",
                 413: "larger than LIFELINE_UPLOAD_MAX_MB, or longer than LIFELINE_UPLOAD_MAX_SECONDS",
                 415: "not a multipart form, or not audio (the first file's reason, when every file failed)",
                 422: "no files, or undecodable, empty or silent audio (when every file failed)",
@@ -140,35 +291,47 @@ async def upload(request: Request, ctx: Ctx, user: CurrentUser) -> JSONResponse:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         return _error(415, "expected a multipart/form-data body with audio in the field 'files'")
-    limited = Request(request.scope, _limited(request.receive, body_limit))
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        return _error(400, "the multipart body has no boundary")
+    spool_dir = ctx.settings.data_dir / UPLOAD_SPOOL_DIR
+    await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+    form = _UploadForm(boundary, spool_dir=spool_dir, max_file_bytes=limits.max_bytes)
     try:
-        form = await limited.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
-    except _BodyTooLarge:
-        return _error(413, f"the request is larger than {body_limit / 1e6:.1f} MB")
-    except StarletteHTTPException as exc:
-        return _error(400, str(exc.detail))
-    try:
-        files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
-        if not files:
+        try:
+            async for chunk in Request(request.scope, _limited(request.receive, body_limit)).stream():
+                await form.feed(chunk)
+            form.finish()
+        except _BodyTooLarge:
+            return _error(413, f"the request is larger than {body_limit / 1e6:.1f} MB")
+        except _FormError as exc:
+            return _error(400, str(exc))
+        if not form.files:
             return _error(422, "the form has no audio in the field 'files'")
-        device = form.get("device_name")
-        device_name = device if isinstance(device, str) and device.strip() else None
+        device = form.fields.get("device_name")
+        device_name = device if device is not None and device.strip() else None
         if device_name is not None and len(device_name) > DEVICE_NAME_MAX:
             return _error(422, f"device_name is longer than {DEVICE_NAME_MAX} characters")
-        outcomes = []
-        for f in files:
+        outcomes: list[UploadOutcome] = []
+        for part in form.files:
+            if part.file is None:  # past the per-file limit: its bytes were counted, not kept
+                size, limit = part.size / 1e6, limits.max_bytes / 1e6
+                message = f"the upload is {size:.1f} MB; the limit is {limit:.1f} MB"
+                outcomes.append(Rejected(part.filename, message, "too_large", 413))
+                continue
+            await asyncio.to_thread(part.file.seek, 0)
             outcomes.append(
                 await ingest_upload(
                     ctx.store,
-                    f.file,
+                    part.file,
                     user_id=user.id,
                     device_name=device_name,
-                    filename=f.filename,
+                    filename=part.filename,
                     limits=limits,
                 )
             )
     finally:
-        await form.close()
+        await asyncio.to_thread(form.close)
     items: list[UploadAccepted | UploadRejected] = []
     for outcome in outcomes:
         if isinstance(outcome, Accepted):
@@ -229,19 +392,19 @@ class _AudioIn:
         self.opus = opus
         self.packet_errors = 0
         self._fmt = (audio.TARGET_RATE, 2, 1)
-        self._pcm = PcmConverter()
+        self._pcm = audio.PcmConverter()
         self._decoder: audio.OpusPacketDecoder | None = None
 
     def set_format(self, data: Any) -> None:
         if self.opus or not isinstance(data, dict):
             return
         fmt = (
-            int(data.get("rate", self._fmt[0])),
-            int(data.get("width", self._fmt[1])),
-            int(data.get("channels", self._fmt[2])),
+            _whole(data.get("rate", self._fmt[0]), "rate"),
+            _whole(data.get("width", self._fmt[1]), "width"),
+            _whole(data.get("channels", self._fmt[2]), "channels"),
         )
         if fmt != self._fmt:
-            self._pcm = PcmConverter(*fmt)  # ValueError for impossible formats
+            self._pcm = audio.PcmConverter(*fmt)  # ValueError for impossible formats
             self._fmt = fmt
 
     def payload(self, data: bytes) -> bytes:
@@ -262,8 +425,64 @@ class _AudioIn:
             self._decoder = None
             return out
         out = self._pcm.flush()
-        self._pcm = PcmConverter(*self._fmt)
+        self._pcm = audio.PcmConverter(*self._fmt)
         return out
+
+
+def _whole(value: Any, name: str) -> int:
+    """A whole number from a JSON event: ``44100``, ``44100.0`` or ``"44100"``; ``ValueError``
+    for anything else (``Infinity`` and ``NaN``, which ``json.loads`` accepts, included)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a whole number")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError(f"{name} must be a whole number, not {value}")
+        return int(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a whole number") from None
+
+
+class Inbox:
+    """A connection's received messages on their way to storage, bounded by their size in bytes.
+
+    :meth:`put` waits while the messages queued weigh ``max_bytes`` or more (each counts its
+    payload plus :data:`MESSAGE_OVERHEAD`), so while the store is slow a client's frames stay in
+    its TCP connection (which then pushes back) rather than in our memory. One message larger than
+    the bound is let in when the inbox is empty, or it could never be.
+    """
+
+    def __init__(self, max_bytes: int = INBOX_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: deque[tuple[Message, int]] = deque()
+        self._bytes = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @staticmethod
+    def weight(message: Message) -> int:
+        payload = message.get("bytes") or message.get("text") or b""
+        return len(payload) + MESSAGE_OVERHEAD
+
+    async def put(self, message: Message) -> None:
+        size = self.weight(message)
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._items or self._bytes + size <= self.max_bytes)
+            self._items.append((message, size))
+            self._bytes += size
+            self._changed.notify_all()
+
+    async def get(self) -> Message:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._items))
+            message, size = self._items.popleft()
+            self._bytes -= size
+            self._changed.notify_all()
+            return message
 
 
 async def _send(websocket: WebSocket, event: dict[str, Any]) -> None:
@@ -272,16 +491,20 @@ async def _send(websocket: WebSocket, event: dict[str, Any]) -> None:
             await websocket.send_json(event)
 
 
-def _closed_event(closed: ClosedConversation | None, reason: str) -> dict[str, Any]:
+def _closed_event(closed: ClosedConversation | None, reason: str | None = None) -> dict[str, Any]:
     return {
         "type": "conversation-closed",
         "data": {
             "audio_uuid": closed.audio_uuid if closed else None,
             "duration_seconds": round(closed.duration_seconds, 3) if closed else 0.0,
             "job_id": closed.job_id if closed else None,
-            "reason": reason,
+            "reason": reason or (closed.reason if closed else ""),
         },
     }
+
+
+class _ProtocolError(Exception):
+    """The client broke the protocol: the connection is closed with 1007."""
 
 
 async def _stream(websocket: WebSocket, token: str | None, device_name: str | None, *, opus: bool) -> None:
@@ -297,11 +520,21 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
         return
     if device_name is not None:
         device_name = device_name.strip()[:DEVICE_NAME_MAX] or None
+
+    async def recheck_token() -> None:
+        # each new conversation: the token may have been revoked, the user deactivated (AuthError)
+        await ctx.accounts.authenticate(token)
+
     session = StreamSession(
-        ctx.store, user_id=user.id, device_name=device_name, idle_seconds=ctx.settings.stream_idle_seconds
+        ctx.store,
+        user_id=user.id,
+        device_name=device_name,
+        idle_seconds=ctx.settings.stream_idle_seconds,
+        max_seconds=ctx.settings.upload_max_seconds,
+        on_open=recheck_token,
     )
     source = _AudioIn(opus)
-    inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=256)
+    inbox = Inbox()
 
     async def read() -> None:
         try:
@@ -313,28 +546,41 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
         except (WebSocketDisconnect, RuntimeError, OSError):
             await inbox.put({"type": "websocket.disconnect", "code": 1006})
 
+    async def feed(pcm: bytes) -> None:
+        for closed in await session.feed(pcm):
+            await _send(websocket, _closed_event(closed))
+
     reader = asyncio.create_task(read(), name="ws-reader")
     await _send(websocket, {"type": "ready", "data": {"client_id": session.client_id}})
-    awaiting_payload = False
+    # Wyoming over a WebSocket (as Friend-Lite clients speak it): an ``audio-chunk`` event with a
+    # ``payload_length`` is a JSON header whose payload is the next message, a binary one of that
+    # length. None: no header waiting for its payload.
+    payload_due: int | None = None
     close_code, close_reason = 1000, ""
     try:
         while True:
             try:
                 message = await asyncio.wait_for(inbox.get(), timeout=session.idle_timeout())
             except TimeoutError:
-                closed = await _close(session, source)
-                await _send(websocket, _closed_event(closed, "idle"))
+                closed = await _close(session, source, CloseReason.IDLE)
+                await _send(websocket, _closed_event(closed, CloseReason.IDLE))
                 continue
             if message["type"] == "websocket.disconnect":
                 break
             data = message.get("bytes")
             if data is not None:
-                awaiting_payload = False
-                await session.feed(source.payload(data))
+                if payload_due is not None and len(data) != payload_due:
+                    raise _ProtocolError(
+                        f"the audio-chunk payload is {len(data)} bytes; its header said {payload_due}"
+                    )
+                payload_due = None
+                await feed(source.payload(data))
                 continue
             text = message.get("text")
             if text is None:
                 continue
+            if payload_due is not None:
+                raise _ProtocolError("an audio-chunk header must be followed by its binary payload")
             try:
                 event = json.loads(text)
                 kind = event.get("type") if isinstance(event, dict) else None
@@ -346,16 +592,22 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
             if kind in ("audio-start", "audio-chunk"):
                 try:
                     source.set_format(event.get("data"))
+                    if kind == "audio-chunk" and event.get("payload_length") is not None:
+                        payload_due = _whole(event["payload_length"], "payload_length") or None
+                        if payload_due is not None and payload_due < 0:
+                            raise ValueError("payload_length must not be negative")
                 except (TypeError, ValueError) as exc:
-                    await websocket.close(code=INVALID_DATA, reason=f"unsupported audio format: {exc}"[:120])
-                    break
-                awaiting_payload = kind == "audio-chunk"
+                    raise _ProtocolError(f"unsupported audio format: {exc}") from exc
             elif kind == "audio-stop":
-                if awaiting_payload:
-                    awaiting_payload = False
-                closed = await _close(session, source)
-                await _send(websocket, _closed_event(closed, "audio-stop"))
+                closed = await _close(session, source, CloseReason.AUDIO_STOP)
+                await _send(websocket, _closed_event(closed, CloseReason.AUDIO_STOP))
             # other events (ping, info, ...) are ignored
+    except _ProtocolError as exc:
+        close_code, close_reason = INVALID_DATA, str(exc)
+    except AuthError as exc:
+        # a new conversation was about to open, and the token no longer holds
+        log.info("stream ended: the token no longer authenticates: %s", exc)
+        close_code, close_reason = POLICY_VIOLATION, "the token is no longer valid"
     except Exception as exc:
         # the audio could not be stored (the conversation was deleted meanwhile, the store is
         # down): say so and end the connection with 1011, so the client does not take the audio
@@ -373,7 +625,7 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
         try:
-            await asyncio.shield(_close(session, source))
+            await asyncio.shield(_close(session, source, CloseReason.DISCONNECT))
         except Exception as exc:  # the sweeper closes it from the committed audio
             log.warning("could not close the conversation at disconnect: %s: %s", type(exc).__name__, exc)
         if websocket.application_state == WebSocketState.CONNECTED:
@@ -381,8 +633,9 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
                 await websocket.close(code=close_code, reason=close_reason[:120])
 
 
-async def _close(session: StreamSession, source: _AudioIn) -> ClosedConversation | None:
+async def _close(session: StreamSession, source: _AudioIn, reason: CloseReason) -> ClosedConversation | None:
+    """Close the open conversation (with what the resampler still holds)."""
     tail = source.flush()
     if tail and session.open:
-        await session.feed(tail)
-    return await session.close()
+        await session.feed(tail)  # cannot open one (none is open); may close it (silence, length)
+    return await session.close(reason)
