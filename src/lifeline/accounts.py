@@ -88,6 +88,20 @@ class Accounts:
             raise AuthError("inactive user")
         return user, claims
 
+    async def still_allowed(self, claims: TokenClaims) -> User:
+        """Whether a connection authenticated earlier with ``claims`` may go on: its token was not
+        revoked and its user still exists and is active. The expiry is not checked again: a
+        device's stream that was let in stays in until logout or deactivation, not a clock."""
+        if await self.store.is_token_revoked(claims.token_id):
+            raise AuthError("token revoked")
+        try:
+            user = await self.store.get_user(claims.user_id)
+        except NotFound:
+            raise AuthError("the user no longer exists") from None
+        if not user.is_active:
+            raise AuthError("inactive user")
+        return user
+
     async def logout(self, claims: TokenClaims) -> None:
         await self.store.revoke_token(claims.token_id, claims.expires_at)
 

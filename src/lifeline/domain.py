@@ -193,6 +193,11 @@ class PermanentError(JobFailure):
     """Retrying cannot help: bad input, a validation error, HTTP 4xx. Dead-letter at once."""
 
 
+class JobCancelled(JobFailure):
+    """Nothing is left for the job to do (its recording was deleted after it was queued): the job
+    is cancelled, which is neither a failure to retry nor a dead letter to look at."""
+
+
 class DependencyUnavailable(JobFailure):
     """A service the job needs is down (its breaker is open): put back without spending an attempt."""
 

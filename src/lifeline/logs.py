@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Final
 
-# key=value pairs in query strings and similar text whose value is a credential
-_SECRET = re.compile(r"(?i)\b(token|access_token|api_key|apikey|password|secret)=([^&\s\"']+)")
+# key=value pairs in query strings and similar text whose value is a credential: token,
+# refresh_token, id_token, api_key, apikey, key, password, secret, client_secret ...
+_SECRET = re.compile(
+    r"(?i)(?<![a-z0-9])((?:[a-z0-9]+_)*(?:token|api_?key|key|password|passwd|secret))=([^&\s\"']+)"
+)
+# the password of a URL's user information: scheme://user:password@host
+_USERINFO = re.compile(r"(://[^/\s:@]+:)([^@\s/]+)@")
 MASK: Final = "***"
 
 # the loggers that print request lines written by others (uvicorn's handshake and access lines)
@@ -20,19 +26,27 @@ REDACTED_LOGGERS: Final = ("uvicorn.error", "uvicorn.access")
 
 
 def redact(text: str) -> str:
-    """``text`` with the value of every credential-looking ``key=value`` replaced by ``***``."""
-    return _SECRET.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    """``text`` with the value of every credential-looking ``key=value``, and the password of
+    every ``scheme://user:password@`` URL, replaced by ``***``."""
+    return _USERINFO.sub(rf"\1{MASK}@", _SECRET.sub(lambda m: f"{m.group(1)}={MASK}", text))
+
+
+def _redact_value(value: object) -> object:
+    return redact(value) if isinstance(value, str) else value
 
 
 class RedactSecrets(logging.Filter):
-    """Formats the record's message once and masks credentials in it (the record then carries
-    the finished text, so handlers format nothing that still holds the secret)."""
+    """Masks credentials in the record's message and in each of its arguments, keeping their
+    shape: formatters that read the arguments themselves (uvicorn's access formatter unpacks
+    them) still find what they expect."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = redact(message)
-        if masked != message:
-            record.msg, record.args = masked, None
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_value(a) for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {k: _redact_value(v) for k, v in record.args.items()}
         return True
 
 

@@ -184,7 +184,12 @@ async def test_a_login_posted_from_another_site_is_refused(api: Api, headers: di
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Sec-Fetch-Site": "same-origin"}, {"Origin": "http://lifeline.test"}, {}],
+    [
+        {"Sec-Fetch-Site": "same-origin"},
+        {"Origin": "http://lifeline.test"},
+        {"Origin": "http://memory.home.lan", "X-Forwarded-Host": "memory.home.lan"},
+        {},
+    ],
 )
 async def test_a_login_from_the_dashboard_itself_is_accepted(api: Api, headers: dict[str, str]) -> None:
     r = await api.client.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -16,6 +17,13 @@ from lifeline.logs import install_redaction, redact
         ("/x?device_name=a&TOKEN=s3cr3t", "/x?device_name=a&TOKEN=***"),
         ("api_key=k1 password=p2", "api_key=*** password=***"),
         ("/ws_pcm?device_name=tokenizer", "/ws_pcm?device_name=tokenizer"),
+        (
+            "/cb?refresh_token=r1&id_token=i2&auth_token=a3",
+            "/cb?refresh_token=***&id_token=***&auth_token=***",
+        ),
+        ("/x?key=k&monkey=banana&client_secret=c", "/x?key=***&monkey=banana&client_secret=***"),
+        ("postgresql://lifeline:hunter2@db:5432/x", "postgresql://lifeline:***@db:5432/x"),
+        ("see http://host/a@b", "see http://host/a@b"),
     ],
 )
 def test_redact_masks_only_credential_values(text: str, expected: str) -> None:
@@ -34,3 +42,34 @@ def test_uvicorns_websocket_handshake_line_loses_its_token(caplog: pytest.LogCap
         )
     assert "SECRET-VALUE" not in caplog.text
     assert '"WebSocket /ws_pcm?token=***&device_name=x" [accepted]' in caplog.text
+
+
+def test_uvicorns_default_access_formatter_still_works_and_masks(capsys: pytest.CaptureFixture[str]) -> None:
+    """Operators who run the app under plain uvicorn get uvicorn's default logging config, whose
+    access formatter unpacks the record's arguments: masking must keep their shape."""
+    import logging.config
+    import sys
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stdout"
+    logging.config.dictConfig(config)
+    try:
+        install_redaction()
+        access = logging.getLogger("uvicorn.access")
+        access.info(
+            '%s - "%s %s HTTP/%s" %d',
+            "127.0.0.1:5000",
+            "GET",
+            "/api/memories?token=SECRET-VALUE&q=hiking",
+            "1.1",
+            200,
+        )
+        sys.stdout.flush()
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    out, err = capsys.readouterr()
+    assert "Logging error" not in err
+    assert "SECRET-VALUE" not in out + err
+    assert "/api/memories?token=***&q=hiking" in out

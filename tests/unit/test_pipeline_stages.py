@@ -573,3 +573,19 @@ async def test_a_recording_deleted_while_its_memories_are_indexed_leaves_no_poin
     with pytest.raises(NotFound):
         await store.get_recording(rec)
     assert await store.list_jobs(recording_id=rec) == []
+
+
+@pytest.mark.parametrize("stage", ["chunk", "transcription", "memory", "action_item"])
+async def test_a_job_queued_after_its_recording_was_deleted_is_cancelled_not_dead_lettered(
+    store: Store, pipeline: Pipeline, stage: str
+) -> None:
+    rec = await add_recording(store, tone(1.0))
+    await drain(store, pipeline)
+    await pipeline.delete_recording(rec)
+    # a stream closing, or a reprocess, at the moment the recording was deleted
+    job_id = await store.enqueue(stage, {}, recording_id=rec, user_id="alice")
+    stats = await Worker(store, pipeline.handlers(), concurrency=1).run(burst=True)
+    job = (await store.get_job(job_id)).job
+    assert job.state is lifeline.JobState.CANCELLED
+    assert (stats.cancelled, stats.dead_lettered, stats.failed) == (1, 0, 0)
+    assert await store.list_jobs(state=lifeline.JobState.DEAD_LETTER) == []

@@ -10,6 +10,7 @@ PUBLIC = [
     "DependencyUnavailable",
     "InvalidTransition",
     "Job",
+    "JobCancelled",
     "JobInfo",
     "JobState",
     "LeaseLost",
@@ -40,7 +41,7 @@ def test_every_name_is_importable() -> None:
 def test_errors_share_one_base() -> None:
     errors = [getattr(lifeline, n) for n in PUBLIC if isinstance(getattr(lifeline, n), type)]
     errors = [e for e in errors if issubclass(e, Exception)]
-    assert len(errors) == 8
+    assert len(errors) == 9
     assert all(issubclass(e, lifeline.LifelineError) for e in errors)
 
 

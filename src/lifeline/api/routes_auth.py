@@ -72,7 +72,13 @@ def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin is None
-    return urlsplit(origin).netloc == request.headers.get("host", request.url.netloc)
+    # behind a proxy that rewrites Host (nginx's default), the browser's host is the forwarded one;
+    # a cross-site form cannot set either header, so both may be trusted for this comparison
+    hosts = {request.headers.get("host", request.url.netloc)}
+    forwarded = request.headers.get("x-forwarded-host")
+    if forwarded:
+        hosts.add(forwarded.split(",")[0].strip())
+    return urlsplit(origin).netloc in hosts
 
 
 @router.post("/auth/cookie/login", include_in_schema=False)

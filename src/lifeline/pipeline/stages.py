@@ -37,6 +37,7 @@ from lifeline.config import Settings
 from lifeline.domain import (
     JSON,
     Job,
+    JobCancelled,
     NextJob,
     NotFound,
     Output,
@@ -48,7 +49,7 @@ from lifeline.providers.factory import Providers, build_providers
 from lifeline.providers.llm import ActionItem, Memory
 from lifeline.providers.vectors import VectorPoint, point_id
 from lifeline.queue.worker import Handler, JobResult
-from lifeline.store.base import Store, StoredOutput
+from lifeline.store.base import RecordingRow, Store, StoredOutput
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,20 @@ class Pipeline:
             yield page
             after = page[-1][0]
 
+    async def _recording(self, audio_uuid: str) -> RecordingRow:
+        """The job's recording; :class:`JobCancelled` when it is gone.
+
+        Deleting a recording deletes its jobs, so only a job queued after the deletion gets here
+        (a stream closed, or a reprocess asked for, at the moment its recording was deleted):
+        there is nothing left to do, and nothing anybody should have to look at.
+        """
+        try:
+            return await self.store.get_recording(audio_uuid)
+        except NotFound:
+            raise JobCancelled(f"recording {audio_uuid} was deleted") from None
+
     async def _transcript(self, audio_uuid: str) -> Transcript:
+        await self._recording(audio_uuid)
         outputs = await self.store.get_outputs(audio_uuid, Stage.TRANSCRIPTION.value)
         found = next((o for o in outputs if o.index == 0), None)
         if found is None:
@@ -145,10 +159,7 @@ class Pipeline:
     async def chunk(self, job: Job) -> JobResult:
         """Close the conversation: check its audio is there and has speech, hand it to transcription."""
         audio_uuid = _recording_id(job)
-        try:
-            recording = await self.store.get_recording(audio_uuid)
-        except NotFound as exc:
-            raise PermanentError(f"recording {audio_uuid} does not exist (deleted?)") from exc
+        recording = await self._recording(audio_uuid)
         if recording.audio_bytes <= 0:
             raise PermanentError("the recording has no audio")
         speech = False
@@ -172,6 +183,7 @@ class Pipeline:
     async def transcription(self, job: Job) -> JobResult:
         """Speech to text; hands over to memory and action_item in the same transaction."""
         audio_uuid = _recording_id(job)
+        await self._recording(audio_uuid)
         buffer = bytearray()
         async for page in self._pages(audio_uuid):
             for _, pcm in page:
@@ -280,7 +292,7 @@ class Pipeline:
             assert vectors is not None
             async with self.breakers.call("vectors"):
                 await vectors.delete_recording(audio_uuid)
-            raise PermanentError(
+            raise JobCancelled(
                 f"recording {audio_uuid} was deleted while its memories were indexed"
             ) from None
 

@@ -4,8 +4,9 @@ A handler is an async function of the job. It returns a :class:`JobResult` (outp
 next jobs to enqueue, both in the completing transaction) or ``None``, and says how it failed by
 the type of exception it raises: :class:`TransientError` (retry with backoff),
 :class:`PermanentError` (dead-letter now), :class:`DependencyUnavailable` (put back, no attempt
-spent). Any other exception is an unexpected bug in the handler and counts as transient, so that a
-crash of the code is retried a bounded number of times and then dead-lettered with its message.
+spent), :class:`JobCancelled` (nothing left to do: cancelled). Any other exception is an
+unexpected bug in the handler and counts as transient, so that a crash of the code is retried a
+bounded number of times and then dead-lettered with its message.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from dataclasses import dataclass, field
 from lifeline.domain import (
     JSON,
     DependencyUnavailable,
+    InvalidTransition,
     Job,
+    JobCancelled,
     LeaseLost,
     NextJob,
+    NotFound,
     Output,
     PermanentError,
     StoreError,
@@ -66,6 +70,7 @@ class WorkerStats:
     dead_lettered: int = 0
     deferred: int = 0
     released: int = 0
+    cancelled: int = 0
     lost: int = 0
     by_queue: dict[str, int] = field(default_factory=dict)
 
@@ -231,6 +236,9 @@ class Worker:
             except PermanentError as exc:
                 await self.store.fail(job, str(exc) or type(exc).__name__, permanent=True)
                 self.stats.dead_lettered += 1
+            except JobCancelled as exc:
+                log.info("job %s of %s cancelled: %s", job.id, job.queue, exc)
+                await self._cancel(job)
             except TransientError as exc:
                 await self._fail(job, str(exc) or type(exc).__name__)
             except Exception as exc:  # a bug in the handler: retried, then dead-lettered
@@ -256,6 +264,15 @@ class Worker:
             self.stats.dead_lettered += 1
         else:
             self.stats.failed += 1
+
+    async def _cancel(self, job: Job) -> None:
+        try:
+            await self.store.cancel(job.id)
+        except (NotFound, InvalidTransition):
+            # deleted with its recording meanwhile, or no longer ours: nothing left to cancel
+            self.stats.lost += 1
+        else:
+            self.stats.cancelled += 1
 
     async def _give_back(self, job: Job) -> None:
         try:
