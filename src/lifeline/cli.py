@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import functools
 import json
 import logging
@@ -14,17 +15,26 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, Protocol, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lifeline.accounts import Accounts
 from lifeline.auth import TokenIssuer, load_or_create_secret
 from lifeline.breakers import BreakerState
 from lifeline.config import SETTINGS_HELP, Settings
-from lifeline.domain import JobState, LifelineError, User
+from lifeline.conversations import (
+    ConversationDetail,
+    Conversations,
+    ConversationSummary,
+    LocalConversations,
+    MemoryView,
+    RemoteConversations,
+)
+from lifeline.domain import JobState, LifelineError, Stage, User
 from lifeline.operations import LocalOperations, Operations, RemoteOperations
 from lifeline.queue.recovery import RecoveryManager
 from lifeline.runtime import (
@@ -98,7 +108,12 @@ def root(
         typer.Option(help="act on a running service instead of the local store", envvar="LIFELINE_URL"),
     ] = None,
     token: Annotated[
-        str | None, typer.Option(help="a superuser's token for --url", envvar="LIFELINE_TOKEN")
+        str | None,
+        typer.Option(
+            help="a token for --url: a superuser's (conversations and memories: any user's, who sees"
+            " their own)",
+            envvar="LIFELINE_TOKEN",
+        ),
     ] = None,
 ) -> None:
     """Lifeline: never lose a recording."""
@@ -107,6 +122,44 @@ def root(
 
 def _ops(ctx: typer.Context, fn: Callable[[Operations], Awaitable[T]]) -> T:
     """Run an operator action against the service given with --url, or the local store."""
+    return _act(
+        ctx,
+        fn,
+        local=lambda settings, store: LocalOperations(
+            store, RecoveryManager(store, recovery_settings(settings)), build_breakers(settings, store)
+        ),
+        remote=RemoteOperations.connect,
+    )
+
+
+def _conversations(ctx: typer.Context, fn: Callable[[Conversations], Awaitable[T]]) -> T:
+    """Run a conversation or memory command against the service given with --url, or the local
+    store."""
+    return _act(
+        ctx,
+        fn,
+        local=lambda settings, store: LocalConversations(settings, store, build_breakers(settings, store)),
+        remote=RemoteConversations.connect,
+    )
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+R = TypeVar("R", bound=_Closable)
+L = TypeVar("L")
+
+
+def _act(
+    ctx: typer.Context,
+    fn: Callable[[L | R], Awaitable[T]],
+    *,
+    local: Callable[[Settings, Store], L],
+    remote: Callable[[str, str], R],
+) -> T:
+    """``fn`` on what ``remote`` connects to (--url/--token), or else on what ``local`` builds on
+    the store of this host; an error is printed and exits 1."""
     target = ctx.find_root().obj
     target = target if isinstance(target, Target) else Target()
 
@@ -114,17 +167,14 @@ def _ops(ctx: typer.Context, fn: Callable[[Operations], Awaitable[T]]) -> T:
         if target.url:
             if not target.token:
                 raise typer.BadParameter("--url needs --token (or LIFELINE_TOKEN)")
-            remote = RemoteOperations.connect(target.url, target.token)
+            connected = remote(target.url, target.token)
             try:
-                return await fn(remote)
+                return await fn(connected)
             finally:
-                await remote.close()
+                await connected.close()
         settings = _settings()
         async with open_store(settings) as store:
-            local = LocalOperations(
-                store, RecoveryManager(store, recovery_settings(settings)), build_breakers(settings, store)
-            )
-            return await fn(local)
+            return await fn(local(settings, store))
 
     try:
         return asyncio.run(main())
@@ -714,6 +764,190 @@ def cleanup(
         console.print(f"deleted {report.jobs_deleted} jobs and {report.attempts_deleted} attempts")
 
     _ops(ctx, fn)
+
+
+# -- conversations and memories ---------------------------------------------------------------
+
+conversations_app = typer.Typer(
+    no_args_is_help=True, help="Conversations: recordings and what the pipeline made of them."
+)
+app.add_typer(conversations_app, name="conversations")
+
+_USER_HELP = "only this user's (an e-mail or a user id; local store only)"
+
+
+class FromStage(enum.StrEnum):
+    """The stages a conversation can be re-run from."""
+
+    TRANSCRIPTION = Stage.TRANSCRIPTION.value
+    MEMORY = Stage.MEMORY.value
+    ACTION_ITEM = Stage.ACTION_ITEM.value
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}" if minutes < 60 else f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def _user_of(c: ConversationSummary) -> str:
+    return c.user_email or c.user_id or "-"
+
+
+@conversations_app.command("list")
+def conversations_list(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option("--user", help=_USER_HELP)] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="how many (newest first)")] = 20,
+) -> None:
+    """The newest conversations with their status and each stage's state."""
+
+    async def fn(conv: Conversations) -> None:
+        table = Table()
+        table.add_column("audio_uuid", no_wrap=True)
+        for col in ("user", "device", "source", "created", "duration", "status", *(s.value for s in Stage)):
+            table.add_column(col)
+        for c in await conv.list_conversations(user=user, limit=limit):
+            table.add_row(
+                escape(c.audio_uuid),
+                escape(_user_of(c)),
+                escape(c.device_name or c.client_id or "-"),
+                c.source,
+                _when(c.created_at),
+                _duration(c.duration_seconds),
+                c.status,
+                *(c.stages.get(s.value) or "-" for s in Stage),
+            )
+        console.print(table)
+
+    _conversations(ctx, fn)
+
+
+@conversations_app.command("show")
+def conversations_show(ctx: typer.Context, audio_uuid: str) -> None:
+    """One conversation: transcript, memories, action items, and every job with its attempts."""
+
+    async def fn(conv: Conversations) -> None:
+        _print_conversation(await conv.conversation(audio_uuid))
+
+    _conversations(ctx, fn)
+
+
+def _print_conversation(d: ConversationDetail) -> None:
+    c = d.summary
+    console.print(f"{escape(c.audio_uuid)}: [bold]{c.status}[/bold]", highlight=False)
+    console.print(
+        f"user {_user_of(c)}  device {c.device_name or c.client_id or '-'}  source {c.source}"
+        f"  file {c.filename or '-'}  created {_when(c.created_at)}"
+        f"  duration {_duration(c.duration_seconds)}",
+        highlight=False,
+        markup=False,
+    )
+    console.print(
+        "stages: " + "  ".join(f"{s.value} {c.stages.get(s.value) or '-'}" for s in Stage), highlight=False
+    )
+    if d.transcript is None:
+        console.print("transcript: -")
+    else:
+        console.print("transcript:")
+        for seg in d.transcript.segments or []:
+            console.print(f"  [{seg.start:7.1f}-{seg.end:7.1f}] {seg.text}", highlight=False, markup=False)
+        if not d.transcript.segments:
+            console.print(f"  {d.transcript.text}", highlight=False, markup=False)
+    _print_memories(d.memories, title="memories")
+    actions = Table(title="action items")
+    for col in ("id", "action item", "assignee", "due", "status", "at"):
+        actions.add_column(col)
+    for item in d.action_items:
+        at = "-" if item.at_seconds is None else f"{item.at_seconds:.1f}s"
+        actions.add_row(
+            escape(item.id),
+            escape(item.text),
+            escape(item.assignee or "-"),
+            escape(item.due or "-"),
+            item.status,
+            at,
+        )
+    console.print(actions)
+    jobs = Table(title="jobs")
+    for col in ("stage", "job", "state", "attempts", "created", "updated", "last error"):
+        jobs.add_column(col)
+    attempts = Table(title="attempts")
+    for col in ("job", "#", "worker", "started", "duration", "outcome", "error"):
+        attempts.add_column(col)
+    for job in d.jobs:
+        jobs.add_row(
+            job.queue,
+            str(job.id),
+            job.state.value,
+            f"{job.attempts}/{job.max_attempts}",
+            _when(job.created_at),
+            _when(job.updated_at),
+            escape(job.last_error or ""),
+        )
+        for a in job.history:
+            attempts.add_row(
+                str(job.id),
+                str(a.claim),
+                a.worker_id,
+                _when(a.started_at),
+                "-" if a.duration is None else f"{a.duration:.3f}s",
+                a.outcome.value,
+                escape(a.error or ""),
+            )
+    console.print(jobs)
+    console.print(attempts)
+
+
+@conversations_app.command("delete")
+def conversations_delete(
+    ctx: typer.Context,
+    audio_uuid: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask first")] = False,
+) -> None:
+    """Delete a conversation and all made of it: audio, outputs, Qdrant points, jobs."""
+    if not yes:
+        typer.confirm(f"delete {audio_uuid} and everything made of it?", abort=True, err=True)
+    _conversations(ctx, lambda conv: conv.delete_conversation(audio_uuid))
+    console.print(f"{audio_uuid} deleted")
+
+
+@conversations_app.command("reprocess")
+def conversations_reprocess(
+    ctx: typer.Context,
+    audio_uuid: str,
+    from_stage: Annotated[
+        FromStage,
+        typer.Option("--from", help="the stage to re-run; transcription re-runs everything after it"),
+    ],
+) -> None:
+    """Re-run a conversation from one stage (keeping the earlier stages' outputs)."""
+    stage = from_stage.value
+    job_id = _conversations(ctx, lambda conv: conv.reprocess(audio_uuid, stage))
+    console.print(f"{stage} of {audio_uuid} queued again as job {job_id}")
+
+
+@app.command()
+def memories(
+    ctx: typer.Context,
+    query: Annotated[str | None, typer.Argument(help="words every memory shown must contain")] = None,
+    user: Annotated[str | None, typer.Option("--user", help=_USER_HELP)] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="how many")] = 50,
+) -> None:
+    """Memories, newest conversation first; with QUERY, a full-text search, best match first."""
+
+    async def fn(conv: Conversations) -> None:
+        _print_memories(await conv.memories(query=query, user=user, limit=limit), title=None)
+
+    _conversations(ctx, fn)
+
+
+def _print_memories(found: list[MemoryView], *, title: str | None) -> None:
+    table = Table(title=title)
+    for col in ("id", "memory", "category", "updated"):
+        table.add_column(col)
+    for m in found:
+        table.add_row(escape(m.id), escape(m.text), escape(m.category or "-"), _when(m.updated_at))
+    console.print(table)
 
 
 # -- users ------------------------------------------------------------------------------------

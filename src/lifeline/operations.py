@@ -138,27 +138,13 @@ class RemoteOperations:
 
     @classmethod
     def connect(cls, url: str, token: str, *, timeout: float = 30.0) -> RemoteOperations:
-        return cls(
-            httpx.AsyncClient(
-                base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-            )
-        )
+        return cls(service_client(url, token, timeout=timeout))
 
     async def close(self) -> None:
         await self.client.aclose()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = await self.client.request(method, self.PREFIX + path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RemoteError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code == 404:
-            raise NotFound(_detail(response))
-        if response.status_code == 409:
-            raise InvalidTransition(_detail(response))
-        if response.status_code >= 400:
-            raise RemoteError(f"{method} {path}: HTTP {response.status_code}: {_detail(response)}")
-        return response.json()
+        return await call_service(self.client, method, self.PREFIX + path, **kwargs)
 
     async def queue_stats(self) -> dict[str, QueueStats]:
         data = await self._call("GET", "/queue-stats")
@@ -245,6 +231,33 @@ class RemoteOperations:
             return int(data.get("count") or 0)
         await self._call("POST", f"/circuit-breakers/{name}/reset")
         return 1
+
+
+def service_client(url: str, token: str, *, timeout: float = 30.0) -> httpx.AsyncClient:
+    """An HTTP client of the service at ``url`` that sends ``token`` with every request."""
+    return httpx.AsyncClient(
+        base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+    )
+
+
+async def call_service(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:
+    """One request to the service; its JSON answer (``None`` for an empty one, e.g. 204).
+
+    404 raises :class:`NotFound`, 409 :class:`InvalidTransition`, any other error status or a
+    failed connection :class:`RemoteError`, each with the service's reason."""
+    try:
+        response = await client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise RemoteError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+    if response.status_code == 404:
+        raise NotFound(_detail(response))
+    if response.status_code == 409:
+        raise InvalidTransition(_detail(response))
+    if response.status_code >= 400:
+        raise RemoteError(f"{method} {path}: HTTP {response.status_code}: {_detail(response)}")
+    if response.status_code == 204 or not response.content:
+        return None
+    return response.json()
 
 
 def _detail(response: httpx.Response) -> str:

@@ -5,6 +5,7 @@ memories and action items, and ownership (somebody else's id is a 404)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from lifeline import audio
 from lifeline.api import routes_pipeline
 from lifeline.domain import JobState, NextJob, Output
-from lifeline.store.base import RecordingReport, Store, StoredOutput
+from lifeline.store.base import FoundOutput, OutputKey, RecordingReport, Store
 
 from .audio_helpers import pcm16, tone
 from .conftest import Api
@@ -408,8 +409,10 @@ async def test_pages_say_whether_more_follow(api: Api, users: dict[str, Any]) ->
 
     r = await api.client.get("/api/action-items", params={"limit": 1}, headers=alice)
     body = r.json()
-    assert ([a["id"] for a in body["items"]], body["has_more"], body["next_cursor"]) == (["a-2:0"], True, 1)
-    r = await api.client.get("/api/action-items", params={"limit": 1, "cursor": 1}, headers=alice)
+    assert ([a["id"] for a in body["items"]], body["has_more"]) == (["a-2:0"], True)
+    r = await api.client.get(
+        "/api/action-items", params={"limit": 1, "cursor": body["next_cursor"]}, headers=alice
+    )
     body = r.json()
     assert ([a["id"] for a in body["items"]], body["has_more"], body["next_cursor"]) == (
         ["a-2:1"],
@@ -421,7 +424,7 @@ async def test_pages_say_whether_more_follow(api: Api, users: dict[str, Any]) ->
         "items": None,
         "limit": 50,
         "offset": 0,
-        "cursor": 0,
+        "cursor": None,
         "has_more": False,
         "next_cursor": None,
     }
@@ -447,6 +450,25 @@ async def test_memories_and_action_items_name_their_recordings_file_and_when_the
     }
     detail = (await api.client.get("/api/conversations/a-2", headers=alice)).json()
     assert {m["filename"] for m in detail["memories"] + detail["action_items"]} == {"a-2.wav"}
+    # the lists read the filenames with the items, in one store call: no read per recording
+    calls: list[str] = []
+    get_recording, search_outputs = store.get_recording, store.search_outputs
+
+    async def counted_get(audio_uuid: str) -> Any:
+        calls.append("get_recording")
+        return await get_recording(audio_uuid)
+
+    async def counted_search(stage: str, **kwargs: Any) -> Any:
+        calls.append("search_outputs")
+        return await search_outputs(stage, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "get_recording", counted_get)
+        patch.setattr(store, "search_outputs", counted_search)
+        assert (await api.client.get("/api/memories", headers=alice)).json()["items"] == memories
+        listed = await api.client.get("/api/action-items", params={"status": "open"}, headers=alice)
+        assert listed.json()["items"] == items["items"]
+    assert calls == ["search_outputs", "search_outputs"]
     assert "created_at" not in memories[0]
     # the time is when the item was last written: an edit moves it
     [before] = [a for a in items["items"] if a["id"] == "a-2:1"]
@@ -470,7 +492,7 @@ async def test_a_memory_of_a_recording_without_a_file_name(api: Api, users: dict
     assert [(m["id"], m["filename"]) for m in r.json()["items"]] == [("live:0", None)]
 
 
-async def many_action_items(store: Store, user_id: str, count: int) -> list[StoredOutput]:
+async def many_action_items(store: Store, user_id: str, count: int) -> list[FoundOutput]:
     """A recording with ``count`` action items, every third one done; all of the user's items,
     in the order the API lists them."""
     await seed(
@@ -487,12 +509,13 @@ async def test_paging_by_status_with_the_cursor_reads_from_where_the_last_page_e
 ) -> None:
     store, alice = api.ctx.store, users["alice"]
     everything = await many_action_items(store, users["alice_id"], 700)
-    reads: list[tuple[int, int]] = []  # (offset, limit) of each store read
+    reads: list[tuple[dict[str, Any], int]] = []  # (arguments, rows returned) of each store read
     search = store.search_outputs
 
-    async def counted(stage: str, **kwargs: Any) -> list[StoredOutput]:
-        reads.append((kwargs.get("offset", 0), kwargs.get("limit", 50)))
-        return await search(stage, **kwargs)
+    async def counted(stage: str, **kwargs: Any) -> list[FoundOutput]:
+        found = await search(stage, **kwargs)
+        reads.append((kwargs, len(found)))
+        return found
 
     monkeypatch.setattr(store, "search_outputs", counted)
     for status in ("open", "done"):
@@ -500,25 +523,32 @@ async def test_paging_by_status_with_the_cursor_reads_from_where_the_last_page_e
             f"{o.recording_id}:{o.index}" for o in everything if o.data.get("status", "open") == status
         ]
         seen: list[str] = []
-        cursor: int | None = 0
-        while cursor is not None:
+        cursor: str | None = None
+        last: FoundOutput | None = None
+        while True:
             reads.clear()
-            r = await api.client.get(
-                "/api/action-items", params={"status": status, "limit": 50, "cursor": cursor}, headers=alice
-            )
+            params: dict[str, Any] = {"status": status, "limit": 50}
+            if cursor is not None:
+                params["cursor"] = cursor
+            r = await api.client.get("/api/action-items", params=params, headers=alice)
             assert r.status_code == 200, r.text
             page = r.json()
             assert all(a["status"] == status for a in page["items"])
+            assert page["cursor"] == cursor
             seen += [a["id"] for a in page["items"]]
-            # each page reads from its cursor on, and not much more than a page's worth: the items
-            # before the cursor are not read again (the cost does not grow page after page)
-            assert reads, reads
-            assert reads[0][0] == cursor, reads
-            assert sum(limit for _, limit in reads) <= 2 * routes_pipeline._SCAN_PAGE, reads
+            # one store read per page, filtered by status in the store, starting right after the
+            # previous page's last item and returning one page (and one more row, for has_more):
+            # the items before the cursor are not read again, page after page
+            assert len(reads) == 1, reads
+            [(kwargs, rows)] = reads
+            assert (kwargs["status"], kwargs["offset"], kwargs["limit"]) == (status, 0, 51)
+            assert kwargs["after"] == (None if last is None else last.key)
+            assert rows == len(page["items"]) + page["has_more"]
             assert page["has_more"] == (page["next_cursor"] is not None)
-            if page["has_more"]:
-                assert len(page["items"]) == 50
-                assert page["next_cursor"] > cursor
+            if not page["has_more"]:
+                break
+            assert len(page["items"]) == 50
+            [last] = [o for o in everything if f"{o.recording_id}:{o.index}" == page["items"][-1]["id"]]
             cursor = page["next_cursor"]
         assert seen == expected
     # offset still counts items of the asked status (from the cursor on)
@@ -536,6 +566,44 @@ async def test_paging_by_status_with_the_cursor_reads_from_where_the_last_page_e
         headers=alice,
     )
     assert [a["id"] for a in r.json()["items"]] == open_ids[8:13]
+
+
+async def test_a_cursor_survives_the_deletion_of_the_item_it_names(api: Api, users: dict[str, Any]) -> None:
+    """The cursor names the last item's place, not its position: deleting items before it (or it)
+    neither skips nor repeats an item on the next page."""
+    store, alice = api.ctx.store, users["alice"]
+    everything = await many_action_items(store, users["alice_id"], 10)
+    ids = [f"{o.recording_id}:{o.index}" for o in everything]
+    first = (await api.client.get("/api/action-items", params={"limit": 4}, headers=alice)).json()
+    assert [a["id"] for a in first["items"]] == ids[:4]
+    for item_id in ids[:4]:
+        audio_uuid, index = item_id.split(":")
+        await store.delete_output(audio_uuid, "action_item", int(index))
+    r = await api.client.get(
+        "/api/action-items", params={"limit": 4, "cursor": first["next_cursor"]}, headers=alice
+    )
+    assert [a["id"] for a in r.json()["items"]] == ids[4:8]
+
+
+@pytest.mark.parametrize("cursor", ["0", "12", "1.5~x~rec", "~1~rec", "1.5~1", "nan~1~r", "1.5~1~r\x00"])
+async def test_a_cursor_the_api_did_not_issue_is_refused(
+    api: Api, users: dict[str, Any], cursor: str
+) -> None:
+    r = await api.client.get("/api/action-items", params={"cursor": cursor}, headers=users["alice"])
+    assert r.status_code == 422, r.text
+
+
+def test_cursors_round_trip_every_key() -> None:
+    for key in (
+        OutputKey(1_767_000_000.123456, "a-2", 0),
+        OutputKey(1e16, "rec~with~tildes", 999_999_999),
+        OutputKey(5e-324, "ünïcode rec\nnewline", 7),
+        OutputKey(-3.0, "x", 1),
+        OutputKey(None, "orphan", 2),
+    ):
+        cursor = routes_pipeline.encode_cursor(key)
+        assert re.fullmatch(routes_pipeline.CURSOR_PATTERN, cursor), cursor
+        assert routes_pipeline.decode_cursor(cursor) == key
 
 
 # -- audio: byte ranges ---------------------------------------------------------------------------

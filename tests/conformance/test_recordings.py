@@ -20,6 +20,7 @@ from fakes import FakeClock
 from lifeline import JobState, LeaseLost, NextJob, NotFound, Store
 from lifeline.domain import Conflict, Output
 from lifeline.store import migrations
+from lifeline.store.base import RecordingTotals
 
 
 def pcm(seq: int, size: int) -> bytes:
@@ -589,3 +590,32 @@ async def test_postgres_recordings_from_before_the_upgrade_are_closed_by_their_j
         await _check_upgraded(url)
     finally:
         cluster.drop_database(name)
+
+
+# -- totals (the metrics) ---------------------------------------------------------------------------
+
+
+async def test_recording_totals_count_sources_open_recordings_and_stored_audio(store: Store) -> None:
+    assert await store.recording_totals() == RecordingTotals(by_source={}, open=0, audio_bytes=0)
+    await store.add_recording("upload-1", source="upload")
+    await store.append_audio("upload-1", 0, pcm(0, 32_000))
+    await store.append_audio("upload-1", 1, pcm(1, 16_000))
+    await store.enqueue(QUEUE, {}, recording_id="upload-1")  # handed over: closed
+    await store.add_recording("upload-2", source="upload", first_job=NextJob(QUEUE, {}))  # closed at once
+    await store.add_recording("live", source="stream")
+    await store.append_audio("live", 0, pcm(2, 8_000))
+    await store.append_audio("live", 0, pcm(2, 4_000))  # a rewritten chunk counts at its new size
+    await store.add_recording("by-code")
+    await store.enqueue(QUEUE, {})  # a job of no recording closes none
+
+    totals = await store.recording_totals()
+    assert totals == RecordingTotals(
+        by_source={"upload": 2, "stream": 1, "api": 1}, open=2, audio_bytes=52_000
+    )
+    assert totals.audio_seconds == 52_000 / 32_000
+
+    await store.delete_recording("upload-1")
+    await store.enqueue(QUEUE, {}, recording_id="live")  # the stream ended and was handed over
+    assert await store.recording_totals() == RecordingTotals(
+        by_source={"upload": 1, "stream": 1, "api": 1}, open=1, audio_bytes=4_000
+    )

@@ -1,7 +1,8 @@
 """Prometheus metrics, read from the store at scrape time.
 
 Every number comes from the store (queue depths, attempt counters written in the transactions
-that end attempts, recovery counters, breaker and health rows), so one scrape of any API process
+that end attempts, recovery counters, breaker and health rows, one aggregate over the
+recordings), so one scrape of any API process
 shows the work of every worker process on every host, and nothing is lost when a process restarts.
 """
 
@@ -24,10 +25,12 @@ from lifeline.api.context import AppContext
 from lifeline.api.services import breaker_list, health_summary
 from lifeline.domain import JobState
 from lifeline.queue.durations import DURATION_BOUNDS
-from lifeline.store.base import AttemptMetric, QueueStats, RecoveryStats
+from lifeline.store.base import AttemptMetric, QueueStats, RecordingTotals, RecoveryStats
 
 _BREAKER_STATES = ("closed", "open", "half_open")
 _HEALTH_STATES = ("healthy", "degraded", "unhealthy", "unknown")
+# always shown (0 when there are none), so that a dashboard's series exist from the start
+_SOURCES = ("upload", "stream", "api")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class Snapshot:
     recovery: RecoveryStats
     breakers: list[dict[str, Any]]
     health: dict[str, Any]
+    recordings: RecordingTotals
 
 
 class _SnapshotCollector(Collector):
@@ -122,6 +126,24 @@ class _SnapshotCollector(Collector):
                 latency.add_metric([name], float(last_ms) / 1000)
         yield from (health, latency)
 
+        recordings = GaugeMetricFamily(
+            "lifeline_recordings", "Recordings in the store, by source", labels=["source"]
+        )
+        by_source = {source: 0 for source in _SOURCES} | s.recordings.by_source
+        for source, count in sorted(by_source.items()):
+            recordings.add_metric([source], count)
+        still_open = GaugeMetricFamily(
+            "lifeline_recordings_open",
+            "Recordings not handed to the pipeline yet: live streams, uploads being stored, or ones"
+            " cut off by a crash",
+        )
+        still_open.add_metric([], s.recordings.open)
+        stored = GaugeMetricFamily(
+            "lifeline_audio_stored_seconds", "Seconds of audio the recordings in the store hold"
+        )
+        stored.add_metric([], s.recordings.audio_seconds)
+        yield from (recordings, still_open, stored)
+
 
 async def render_metrics(ctx: AppContext) -> bytes:
     snapshot = Snapshot(
@@ -130,6 +152,7 @@ async def render_metrics(ctx: AppContext) -> bytes:
         recovery=await ctx.store.recovery_stats(),
         breakers=await breaker_list(ctx),
         health=await health_summary(ctx),
+        recordings=await ctx.store.recording_totals(),
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snapshot))

@@ -127,8 +127,10 @@ class ActionItemOut(BaseModel):
 
     @staticmethod
     def status_of(out: StoredOutput) -> str:
-        """open or done (an item without a status is open)."""
-        return str(out.data.get("status") or "open")
+        """open or done (an item without a status, or with null, is open: as the store's
+        ``search_outputs(status=...)`` reads it)."""
+        status = out.data.get("status")
+        return "open" if status is None else str(status)
 
 
 class ConversationAttemptOut(BaseModel):
@@ -178,16 +180,16 @@ class MemoryPage(BaseModel):
 class ActionItemPage(BaseModel):
     """One page of action items. There is no total (the store cannot count them without reading
     them all): ``has_more`` says whether another page follows. To page, pass ``next_cursor`` as
-    ``cursor`` (and no ``offset``): each page then costs about the same, where with ``status`` a
+    ``cursor`` (and no ``offset``): each page then costs the same, however far it is, where a
     growing ``offset`` costs more the further it goes."""
 
     items: list[ActionItemOut]
     limit: int
     offset: int
-    cursor: int
+    cursor: str | None = Field(description="the cursor this page was asked for (null: the first page)")
     has_more: bool = Field(description="whether more items (of the asked status) follow")
-    next_cursor: int | None = Field(
-        description="the ``cursor`` of the next page (null: this is the last page)"
+    next_cursor: str | None = Field(
+        description="opaque: the ``cursor`` of the next page (null: this is the last page)"
     )
 
 

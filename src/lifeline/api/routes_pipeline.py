@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Request, Response, status
@@ -35,8 +35,9 @@ from lifeline.api.pipeline_schemas import (
 )
 from lifeline.api.responses import AUTHENTICATED, errors
 from lifeline.api.schemas import ErrorOut
-from lifeline.domain import CLAIMABLE_STATES, JobState, NotFound, Stage, User
-from lifeline.store.base import RecordingRow, StoredOutput
+from lifeline.domain import NotFound, Stage, User
+from lifeline.pipeline.conversations import conversation_status, queue_reprocess
+from lifeline.store.base import OutputKey, RecordingRow, StoredOutput
 
 router = APIRouter(tags=["pipeline"], responses=AUTHENTICATED)
 
@@ -46,18 +47,22 @@ OutputId = Annotated[
 ]
 Limit = Annotated[int, Query(ge=1, le=200)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
+# A cursor is the sort key of a page's last item: "<recording's created_at, or - without a
+# recording>~<index>~<audio_uuid>". Opaque to clients; spelled out so that the schema's pattern
+# admits only cursors that decode (any string it admits is a valid key, if not one we issued).
+CURSOR_PATTERN: Final = r"^(-|-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:e[+-]?[0-9]{1,3})?)~([0-9]{1,9})~([^\x00]*)$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 Cursor = Annotated[
-    int,
+    str | None,
     Query(
-        ge=0,
-        le=1_000_000_000,
-        description="where the page starts among all your action items (of either status): the"
-        " previous page's next_cursor",
+        max_length=500,
+        pattern=CURSOR_PATTERN,
+        description="opaque: the previous page's next_cursor (none: the first page); the page"
+        " starts right after the item it names",
     ),
 ]
 PREVIEW_CHARS = 200
 _NOT_FOUND = errors(404)
-_ACTIVE = (*CLAIMABLE_STATES, JobState.PROCESSING)
 
 
 def _scope(user: User) -> str | None:
@@ -75,19 +80,19 @@ async def _owned(ctx: AppContext, user: User, audio_uuid: str) -> RecordingRow:
     return row
 
 
-async def _filenames(ctx: AppContext, outputs: Iterable[StoredOutput]) -> dict[str, str | None]:
-    """The filename of each output's recording: one read per recording, not per output.
+def encode_cursor(key: OutputKey) -> str:
+    """The ``next_cursor`` of a page whose last item has ``key``."""
+    at = "-" if key.created_at is None else repr(key.created_at)
+    return f"{at}~{key.index}~{key.recording_id}"
 
-    (The store's ``search_outputs`` joins the recordings already; returning their filename from
-    it would save these reads.)"""
-    names: dict[str, str | None] = {}
-    for out in outputs:
-        if out.recording_id not in names:
-            try:
-                names[out.recording_id] = (await ctx.store.get_recording(out.recording_id)).filename
-            except NotFound:
-                names[out.recording_id] = None  # deleted meanwhile
-    return names
+
+def decode_cursor(cursor: str) -> OutputKey:
+    """The key a cursor names (``ValueError``, a 422, for one the pattern does not admit)."""
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        raise ValueError(f"not a cursor: {cursor!r}")
+    at, index, audio_uuid = match.groups()
+    return OutputKey(None if at == "-" else float(at), audio_uuid, int(index))
 
 
 def _split_id(output_id: str) -> tuple[str, int]:
@@ -108,8 +113,7 @@ async def _summary(ctx: AppContext, row: RecordingRow) -> tuple[ConversationOut,
             if name in StagesOut.model_fields
         }
     )
-    has_jobs = any(sr.jobs for sr in report.stages.values())
-    status_text = report.status.value if has_jobs else ("open" if row.source == "stream" else "pending")
+    status_text = conversation_status(row, report)
     transcripts = await ctx.store.get_outputs(row.audio_uuid, Stage.TRANSCRIPTION.value)
     text = str(transcripts[0].data.get("text", "")) if transcripts else None
     summary = ConversationOut(
@@ -387,13 +391,6 @@ async def delete_conversation(ctx: Ctx, user: CurrentUser, audio_uuid: AudioUuid
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-_REQUIRES = {
-    Stage.TRANSCRIPTION.value: None,
-    Stage.MEMORY.value: Stage.TRANSCRIPTION.value,
-    Stage.ACTION_ITEM.value: Stage.TRANSCRIPTION.value,
-}
-
-
 @router.post(
     "/api/conversations/{audio_uuid}/reprocess",
     status_code=status.HTTP_202_ACCEPTED,
@@ -416,39 +413,11 @@ async def reprocess(
 ) -> ReprocessOut:
     """Re-run one stage of a conversation (keeping the earlier stages' outputs).
 
-    409 while the stage is queued or running. Two requests at once (a double click) may both find
-    it idle; they queue one job between them, and both answer 202 with its id: the job's
-    idempotency key names the recording, the stage and the stage's newest job before it (which
-    both see), and the store returns the first job for a key already used. That newest job is
-    the right generation because ids only grow: while the job queued under a key exists, it is
-    the stage's newest job or an older one than the newest, so nobody computes that key again
-    (a count of finished jobs would go back down when retention deletes old jobs); once it is
-    deleted, its key is free again."""
+    409 while the stage is queued or running, or before what it needs exists. Two requests at once
+    (a double click) queue one job between them and both answer 202 with its id (see
+    :func:`lifeline.pipeline.conversations.reprocess_key`)."""
     row = await _owned(ctx, user, audio_uuid)
-    report = await ctx.store.recording_status(audio_uuid)
-    stage_report = report.stages.get(from_stage)
-    newest = max((info.job.id for info in stage_report.jobs), default=0) if stage_report else 0
-    if stage_report is not None and stage_report.state in _ACTIVE:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"{from_stage} of {audio_uuid} is already queued or running"
-        )
-    needs = _REQUIRES[from_stage]
-    if needs is None:
-        if row.audio_bytes <= 0:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"{audio_uuid} has no audio to transcribe")
-        chunk = report.stages.get(Stage.CHUNK.value)
-        if chunk is None or chunk.state != JobState.COMPLETED:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"{audio_uuid} has not been assembled yet")
-    elif not await ctx.store.get_outputs(audio_uuid, needs):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"{audio_uuid} has no {needs} yet")
-    job_id = await ctx.store.enqueue(
-        from_stage,
-        {},
-        recording_id=audio_uuid,
-        user_id=row.user_id,
-        client_id=row.client_id,
-        idempotency_key=f"reprocess:{audio_uuid}:{from_stage}:{newest}",
-    )
+    job_id = await queue_reprocess(ctx.store, row, from_stage)
     return ReprocessOut(audio_uuid=audio_uuid, stage=from_stage, job_id=job_id)
 
 
@@ -470,9 +439,8 @@ async def list_memories(
     found = await ctx.store.search_outputs(
         Stage.MEMORY.value, user_id=_scope(user), query=query or None, limit=limit + 1, offset=offset
     )
-    names = await _filenames(ctx, found[:limit])
     return MemoryPage(
-        items=[MemoryOut.of(o, names[o.recording_id]) for o in found[:limit]],
+        items=[MemoryOut.of(o, o.filename) for o in found[:limit]],
         limit=limit,
         offset=offset,
         has_more=len(found) > limit,
@@ -502,9 +470,6 @@ async def delete_memory(ctx: Ctx, user: CurrentUser, memory_id: OutputId) -> Res
 
 # -- action items -----------------------------------------------------------------------------
 
-# raw action items read per store call while filtering by status
-_SCAN_PAGE = 200
-
 
 @router.get("/api/action-items", response_model=ActionItemPage, responses=errors(503))
 async def list_action_items(
@@ -513,54 +478,33 @@ async def list_action_items(
     status_filter: Annotated[Literal["open", "done"] | None, Query(alias="status")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
-    cursor: Cursor = 0,
+    cursor: Cursor = None,
 ) -> ActionItemPage:
     """Action items, newest conversation first; only open or done ones with ``status``.
 
-    The page starts at ``cursor`` (a position among all your action items, of either status),
+    The page starts right after the item ``cursor`` names (the previous page's ``next_cursor``),
     skips ``offset`` items (of the asked status) and holds the next ``limit``. No total:
-    ``has_more`` says whether more follow, and ``next_cursor`` is where the next page starts.
-    Paging by cursor costs about the same on every page; with ``status``, a large ``offset``
-    costs more (the store cannot filter by status, so the items it skips are read and
-    filtered here).
+    ``has_more`` says whether more follow. Every page by cursor costs the same, however far it
+    is (the store seeks to the cursor in its indexes and filters by status there); a large
+    ``offset`` costs more, as the store reads the items it skips.
     """
-    scope = _scope(user)
-    # (position among all the caller's action items, item), at most limit + 1 of them
-    found: list[tuple[int, StoredOutput]] = []
-    if status_filter is None:
-        start = cursor + offset
-        page = await ctx.store.search_outputs(
-            Stage.ACTION_ITEM.value, user_id=scope, limit=limit + 1, offset=start
-        )
-        found = list(enumerate(page, start))
-    else:
-        skipped, position = 0, cursor
-        while len(found) <= limit:
-            page = await ctx.store.search_outputs(
-                Stage.ACTION_ITEM.value, user_id=scope, limit=_SCAN_PAGE, offset=position
-            )
-            for at, out in enumerate(page, position):
-                if ActionItemOut.status_of(out) != status_filter:
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                    continue
-                found.append((at, out))
-                if len(found) > limit:
-                    break
-            position += len(page)
-            if len(page) < _SCAN_PAGE:
-                break
+    found = await ctx.store.search_outputs(
+        Stage.ACTION_ITEM.value,
+        user_id=_scope(user),
+        status=status_filter,
+        after=None if cursor is None else decode_cursor(cursor),
+        limit=limit + 1,
+        offset=offset,
+    )
     has_more = len(found) > limit
     found = found[:limit]
-    names = await _filenames(ctx, (out for _, out in found))
     return ActionItemPage(
-        items=[ActionItemOut.of(out, names[out.recording_id]) for _, out in found],
+        items=[ActionItemOut.of(out, out.filename) for out in found],
         limit=limit,
         offset=offset,
         cursor=cursor,
         has_more=has_more,
-        next_cursor=found[-1][0] + 1 if has_more else None,
+        next_cursor=encode_cursor(found[-1].key) if has_more else None,
     )
 
 

@@ -124,6 +124,33 @@ class StoredOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputKey:
+    """Where an output stands in :meth:`Store.search_outputs`' order (its recording's
+    ``created_at``, newest first, ``None`` last; then ``recording_id``; then ``index``).
+
+    Pass the last result's :attr:`FoundOutput.key` as ``after`` to read the next page: it starts
+    right after that output (even if the output was deleted meanwhile), and costs the same as the
+    first page however far it is."""
+
+    created_at: float | None
+    recording_id: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class FoundOutput(StoredOutput):
+    """An output found by :meth:`Store.search_outputs`, with what it read of its recording (in the
+    same statement): ``filename`` and ``created_at`` (both ``None`` if the recording is gone)."""
+
+    filename: str | None
+    created_at: float | None
+
+    @property
+    def key(self) -> OutputKey:
+        return OutputKey(self.created_at, self.recording_id, self.index)
+
+
+@dataclass(frozen=True, slots=True)
 class RecordingRow:
     """One recording as stored: who made it, where it came from, how much audio it holds.
 
@@ -152,6 +179,23 @@ class RecordingRow:
     @property
     def duration_seconds(self) -> float:
         """Seconds of audio (16 kHz mono s16le: 32,000 bytes a second)."""
+        return self.audio_bytes / 32000.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingTotals:
+    """Every recording in the store at once (for the metrics): how many there are of each source,
+    how many are still open (``closed_at`` is ``None``: a live stream or an upload being stored, or
+    one whose connection or server died before it was handed over), and how many bytes of audio
+    they hold."""
+
+    by_source: dict[str, int]
+    open: int
+    audio_bytes: int
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio stored (16 kHz mono s16le: 32,000 bytes a second)."""
         return self.audio_bytes / 32000.0
 
 
@@ -466,15 +510,26 @@ class Store(abc.ABC):
         *,
         user_id: str | None = None,
         query: str | None = None,
+        status: str | None = None,
+        after: OutputKey | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[StoredOutput]:
+    ) -> list[FoundOutput]:
         """Outputs of ``stage`` (of ``user_id``'s recordings when given), newest recording first
-        and by index within one.
+        and by index within one (outputs whose recording is gone come last), each with its
+        recording's filename.
 
         With ``query``, only outputs whose ``data["text"]`` matches it by full text (every word
         of the query, case-insensitive; SQLite FTS5, PostgreSQL ``to_tsvector``), best match
         first. The query is words, not a query language: quotes and operators are taken as text.
+
+        With ``status``, only outputs whose ``data["status"]`` is ``status``; one without a
+        status (absent or null) counts as ``"open"`` (index ``outputs_status``).
+
+        ``after`` (the :attr:`FoundOutput.key` of a previous page's last output) starts the page
+        right after that output, by seeking in the indexes rather than reading the pages before
+        (keyset paging); ``offset`` then skips that many more. A search with ``query`` is ordered
+        by relevance, which has no stable key: ``after`` with ``query`` is a :class:`ValueError`.
         """
 
     @abc.abstractmethod
@@ -628,3 +683,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def attempt_metrics(self) -> list[AttemptMetric]:
         """Attempt counts and durations per queue, outcome and histogram bucket."""
+
+    @abc.abstractmethod
+    async def recording_totals(self) -> RecordingTotals:
+        """Counts of recordings by source, of open ones, and the bytes of audio of all: one
+        aggregate over the recordings (no audio is read)."""

@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lifeline.domain import JSON, Conflict, NotFound
-from lifeline.store.base import RecordingRow, StoredOutput, dumps_json
+from lifeline.store.base import (
+    FoundOutput,
+    OutputKey,
+    RecordingRow,
+    RecordingTotals,
+    StoredOutput,
+    dumps_json,
+)
 from lifeline.store.fulltext import query_words
 from lifeline.store.postgres_engine import Connection, Tx
 from lifeline.store.recording_rows import RECORDING_COLUMNS, bounded, page, recording_from_row
@@ -25,6 +32,8 @@ from lifeline.store.recording_rows import RECORDING_COLUMNS, bounded, page, reco
 _O_COLUMNS = "o.recording_id, o.stage, o.idx, o.data, o.job_id, o.revision, o.updated_at"
 # the indexed expression, spelled exactly as in outputs_text (or the index is not used)
 _DOCUMENT = "to_tsvector('simple', o.data ->> 'text')"
+# an output's status, spelled exactly as the index outputs_status spells it (sql/postgres/0006)
+_STATUS = "COALESCE(o.data ->> 'status', 'open')"
 
 _APPEND_AUDIO = """
 WITH old AS (
@@ -65,6 +74,78 @@ def _output(row: Sequence[Any]) -> StoredOutput:
         int(row[5]),
         float(row[6]),
     )
+
+
+def _found(row: Sequence[Any]) -> FoundOutput:
+    return FoundOutput(
+        row[0],
+        row[1],
+        int(row[2]),
+        row[3],
+        None if row[4] is None else int(row[4]),
+        int(row[5]),
+        float(row[6]),
+        row[7],
+        None if row[8] is None else float(row[8]),
+    )
+
+
+def search_sql(
+    stage: str,
+    *,
+    user_id: str | None,
+    query: str | None,
+    status: str | None,
+    after: OutputKey | None,
+    limit: int,
+    offset: int,
+) -> tuple[str, dict[str, Any]]:
+    """The statement of :meth:`PostgresRecordingsMixin.search_outputs` and its parameters (a
+    query with words; the tests read its plan).
+
+    One user's outputs walk their recordings newest first (``recordings_user``, from ``after``'s
+    time on) and each recording's outputs of the stage (and status) in index order
+    (``outputs_status``), an incremental sort putting recordings of the same time in order: a page
+    reads about a page of rows, wherever it starts. That order is ``created_at DESC`` (nulls
+    first), the backward order of the index: with one user's recordings (an inner join of a NOT
+    NULL column) there is no null to place.
+    """
+    if after is not None and query is not None:
+        raise ValueError("a search by words is ordered by relevance: page it by offset, not after")
+    params: dict[str, Any] = {"stage": stage, "user": user_id, "status": status}
+    params["limit"], params["offset"] = page(limit, offset)
+    where = ["o.stage = %(stage)s"]
+    if user_id is not None:
+        where.append("r.user_id = %(user)s")
+    if status is not None:
+        where.append(f"{_STATUS} = %(status)s")
+    if after is not None:
+        params |= {"at": after.created_at, "rec": after.recording_id, "idx": after.index}
+        rest = "(o.recording_id > %(rec)s OR (o.recording_id = %(rec)s AND o.idx > %(idx)s))"
+        if after.created_at is None:  # only outputs whose recording is gone follow
+            where.append(f"r.created_at IS NULL AND {rest}")
+        else:
+            where.append(
+                f"(r.created_at < %(at)s OR r.created_at IS NULL OR (r.created_at = %(at)s AND {rest}))"
+            )
+            if user_id is not None:  # (never NULL then) a bound alone, which recordings_user seeks to
+                where.append("r.created_at <= %(at)s")
+    join = "JOIN" if user_id is not None else "LEFT JOIN"
+    nulls = "" if user_id is not None else " NULLS LAST"
+    newest = f"r.created_at DESC{nulls}, o.recording_id, o.idx"
+    source = f"outputs o {join} recordings r ON r.audio_uuid = o.recording_id"
+    order = newest
+    if query is not None:
+        # plainto_tsquery: every word required, and no query syntax at all
+        params["query"] = query
+        source += ", plainto_tsquery('simple', %(query)s) AS q"
+        where.insert(0, f"{_DOCUMENT} @@ q")
+        order = f"ts_rank({_DOCUMENT}, q) DESC, {newest}"
+    sql = (
+        f"SELECT {_O_COLUMNS}, r.filename, r.created_at FROM {source}"
+        f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
+    )
+    return sql, params
 
 
 class PostgresRecordingsMixin:
@@ -184,37 +265,22 @@ class PostgresRecordingsMixin:
         *,
         user_id: str | None = None,
         query: str | None = None,
+        status: str | None = None,
+        after: OutputKey | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[StoredOutput]:
-        join = "JOIN" if user_id is not None else "LEFT JOIN"
-        params: dict[str, Any] = {"stage": stage, "user": user_id, "limit": limit, "offset": offset}
-        params["limit"], params["offset"] = page(limit, offset)
-        owner = "AND r.user_id = %(user)s" if user_id is not None else ""
-        newest = "r.created_at DESC NULLS LAST, o.recording_id, o.idx"
-        if query is None:
-            sql = (
-                f"SELECT {_O_COLUMNS} FROM outputs o {join} recordings r ON r.audio_uuid = o.recording_id"
-                f" WHERE o.stage = %(stage)s {owner}"
-                f" ORDER BY {newest} LIMIT %(limit)s OFFSET %(offset)s"
-            )
-        else:
-            if not query_words(query):  # plainto_tsquery would find no lexeme: nothing matches
-                return []
-            # plainto_tsquery: every word required, and no query syntax at all
-            params["query"] = query
-            sql = (
-                f"SELECT {_O_COLUMNS} FROM outputs o {join} recordings r ON r.audio_uuid = o.recording_id,"
-                " plainto_tsquery('simple', %(query)s) AS q"
-                f" WHERE {_DOCUMENT} @@ q AND o.stage = %(stage)s {owner}"
-                f" ORDER BY ts_rank({_DOCUMENT}, q) DESC, {newest} LIMIT %(limit)s OFFSET %(offset)s"
-            )
+    ) -> list[FoundOutput]:
+        if query is not None and not query_words(query):  # plainto_tsquery would find no lexeme
+            return []
+        sql, params = search_sql(
+            stage, user_id=user_id, query=query, status=status, after=after, limit=limit, offset=offset
+        )
 
-        async def fn(conn: Connection) -> list[StoredOutput]:
+        async def fn(conn: Connection) -> list[FoundOutput]:
             cur = await conn.execute(sql, params)
-            return [_output(r) for r in await cur.fetchall()]
+            return [_found(r) for r in await cur.fetchall()]
 
-        found: list[StoredOutput] = await self._read(fn)
+        found: list[FoundOutput] = await self._read(fn)
         return found
 
     async def get_output(self, recording_id: str, stage: str, index: int) -> StoredOutput:
@@ -259,6 +325,27 @@ class PostgresRecordingsMixin:
                 raise NotFound(f"no output {recording_id}/{stage}/{index}")
 
         await self._write(op)
+
+    # -- totals ---------------------------------------------------------------------------------
+    async def recording_totals(self) -> RecordingTotals:
+        # one pass over the recordings: per source, how many, how many still open, their audio
+        sql = (
+            "SELECT source, COUNT(*), COUNT(*) FILTER (WHERE closed_at IS NULL),"
+            " COALESCE(SUM(audio_bytes), 0) FROM recordings GROUP BY source"
+        )
+
+        async def fn(conn: Connection) -> RecordingTotals:
+            by_source: dict[str, int] = {}
+            still_open = audio_bytes = 0
+            cur = await conn.execute(sql)
+            for source, count, unclosed, stored in await cur.fetchall():
+                by_source[str(source)] = int(count)
+                still_open += int(unclosed)
+                audio_bytes += int(stored)
+            return RecordingTotals(by_source=by_source, open=still_open, audio_bytes=audio_bytes)
+
+        totals: RecordingTotals = await self._read(fn)
+        return totals
 
 
 async def _lock_recording(tx: Tx, audio_uuid: str) -> float | None:

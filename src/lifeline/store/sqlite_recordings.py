@@ -16,15 +16,102 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lifeline.domain import JSON, Conflict, NotFound
-from lifeline.store.base import RecordingRow, StoredOutput, dumps_json
+from lifeline.store.base import (
+    FoundOutput,
+    OutputKey,
+    RecordingRow,
+    RecordingTotals,
+    StoredOutput,
+    dumps_json,
+)
 from lifeline.store.fulltext import fts5_match, query_words
 from lifeline.store.recording_rows import RECORDING_COLUMNS, bounded, page, recording_from_row
 
 _O_COLUMNS = "o.recording_id, o.stage, o.idx, o.data, o.job_id, o.revision, o.updated_at"
+# an output's status, spelled exactly as the index outputs_status spells it (sql/sqlite/0006)
+_STATUS = "COALESCE(json_extract(o.data, '$.status'), 'open')"
 
 
 def _output(row: Sequence[Any]) -> StoredOutput:
     return StoredOutput(row[0], row[1], int(row[2]), json.loads(row[3]), row[4], int(row[5]), float(row[6]))
+
+
+def _found(row: Sequence[Any]) -> FoundOutput:
+    return FoundOutput(
+        row[0],
+        row[1],
+        int(row[2]),
+        json.loads(row[3]),
+        row[4],
+        int(row[5]),
+        float(row[6]),
+        row[7],
+        None if row[8] is None else float(row[8]),
+    )
+
+
+def search_sql(
+    stage: str,
+    *,
+    user_id: str | None,
+    query: str | None,
+    status: str | None,
+    after: OutputKey | None,
+    limit: int,
+    offset: int,
+) -> tuple[str, list[Any]]:
+    """The statement of :meth:`SQLiteRecordingsMixin.search_outputs` and its arguments (a query
+    with words; the tests read its plan).
+
+    One user's outputs walk their recordings newest first (``recordings_user``, from ``after``'s
+    time on), and each recording's outputs of the stage (and status) in index order
+    (``outputs_status``): a page reads about a page of rows, wherever it starts. CROSS JOIN fixes
+    that order, which the planner cannot know is the selective one.
+    """
+    if after is not None and query is not None:
+        raise ValueError("a search by words is ordered by relevance: page it by offset, not after")
+    where = ["o.stage = ?"]
+    args: list[Any] = [stage]
+    if user_id is not None:
+        where.append("r.user_id = ?")
+        args.append(user_id)
+    if status is not None:
+        where.append(f"{_STATUS} = ?")  # spelled exactly as in the index outputs_status
+        args.append(status)
+    if after is not None:
+        rest = "(o.recording_id > ? OR (o.recording_id = ? AND o.idx > ?))"
+        rest_args = [after.recording_id, after.recording_id, after.index]
+        if after.created_at is None:  # only outputs whose recording is gone follow
+            where.append(f"r.created_at IS NULL AND {rest}")
+            args += rest_args
+        else:
+            where.append(f"(r.created_at < ? OR r.created_at IS NULL OR (r.created_at = ? AND {rest}))")
+            args += [after.created_at, after.created_at, *rest_args]
+            if user_id is not None:  # (never NULL then) a bound alone, which recordings_user seeks to
+                where.append("r.created_at <= ?")
+                args.append(after.created_at)
+    newest = "r.created_at DESC NULLS LAST, o.recording_id, o.idx"
+    if query is None:
+        source = (
+            "recordings r CROSS JOIN outputs o ON o.recording_id = r.audio_uuid"
+            if user_id is not None
+            else "outputs o LEFT JOIN recordings r ON r.audio_uuid = o.recording_id"
+        )
+        order = newest
+    else:
+        join = "JOIN" if user_id is not None else "LEFT JOIN"
+        source = (
+            f"outputs_fts JOIN outputs o ON o.id = outputs_fts.rowid {join} recordings r"
+            " ON r.audio_uuid = o.recording_id"
+        )
+        where.insert(0, "outputs_fts MATCH ?")
+        args.insert(0, fts5_match(query_words(query)))
+        order = f"bm25(outputs_fts), {newest}"
+    sql = (
+        f"SELECT {_O_COLUMNS}, r.filename, r.created_at FROM {source}"
+        f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ? OFFSET ?"
+    )
+    return sql, [*args, *page(limit, offset)]
 
 
 class SQLiteRecordingsMixin:
@@ -162,41 +249,21 @@ class SQLiteRecordingsMixin:
         *,
         user_id: str | None = None,
         query: str | None = None,
+        status: str | None = None,
+        after: OutputKey | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[StoredOutput]:
-        join = "JOIN" if user_id is not None else "LEFT JOIN"
-        owner, owner_args = ("AND r.user_id = ?", [user_id]) if user_id is not None else ("", [])
-        newest = "r.created_at DESC NULLS LAST, o.recording_id, o.idx"
-        if query is None:
-            # one user's: walk their recordings (recordings_user), then each one's outputs; CROSS
-            # JOIN fixes that order, which the planner cannot know is the selective one
-            source = (
-                "recordings r CROSS JOIN outputs o ON o.recording_id = r.audio_uuid"
-                if user_id is not None
-                else "outputs o LEFT JOIN recordings r ON r.audio_uuid = o.recording_id"
-            )
-            sql = (
-                f"SELECT {_O_COLUMNS} FROM {source}"
-                f" WHERE o.stage = ? {owner} ORDER BY {newest} LIMIT ? OFFSET ?"
-            )
-            args: list[Any] = [stage, *owner_args, *page(limit, offset)]
-        else:
-            words = query_words(query)
-            if not words:
-                return []
-            sql = (
-                f"SELECT {_O_COLUMNS} FROM outputs_fts JOIN outputs o ON o.id = outputs_fts.rowid"
-                f" {join} recordings r ON r.audio_uuid = o.recording_id"
-                f" WHERE outputs_fts MATCH ? AND o.stage = ? {owner}"
-                f" ORDER BY bm25(outputs_fts), {newest} LIMIT ? OFFSET ?"
-            )
-            args = [fts5_match(words), stage, *owner_args, *page(limit, offset)]
+    ) -> list[FoundOutput]:
+        if query is not None and not query_words(query):
+            return []
+        sql, args = search_sql(
+            stage, user_id=user_id, query=query, status=status, after=after, limit=limit, offset=offset
+        )
 
-        def fn(conn: sqlite3.Connection) -> list[StoredOutput]:
-            return [_output(r) for r in conn.execute(sql, args)]
+        def fn(conn: sqlite3.Connection) -> list[FoundOutput]:
+            return [_found(r) for r in conn.execute(sql, args)]
 
-        found: list[StoredOutput] = await self._read(fn)
+        found: list[FoundOutput] = await self._read(fn)
         return found
 
     async def get_output(self, recording_id: str, stage: str, index: int) -> StoredOutput:
@@ -240,3 +307,23 @@ class SQLiteRecordingsMixin:
                 raise NotFound(f"no output {recording_id}/{stage}/{index}")
 
         await self._write(op)
+
+    # -- totals ---------------------------------------------------------------------------------
+    async def recording_totals(self) -> RecordingTotals:
+        # one pass over the recordings: per source, how many, how many still open, their audio
+        sql = (
+            "SELECT source, COUNT(*), COALESCE(SUM(CASE WHEN closed_at IS NULL THEN 1 ELSE 0 END), 0),"
+            " COALESCE(SUM(audio_bytes), 0) FROM recordings GROUP BY source"
+        )
+
+        def fn(conn: sqlite3.Connection) -> RecordingTotals:
+            by_source: dict[str, int] = {}
+            still_open = audio_bytes = 0
+            for source, count, unclosed, stored in conn.execute(sql):
+                by_source[str(source)] = int(count)
+                still_open += int(unclosed)
+                audio_bytes += int(stored)
+            return RecordingTotals(by_source=by_source, open=still_open, audio_bytes=audio_bytes)
+
+        totals: RecordingTotals = await self._read(fn)
+        return totals

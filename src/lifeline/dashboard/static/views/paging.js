@@ -11,7 +11,7 @@ export class Pager {
     this.size = size;
     this.byCursor = cursor;
     this.page = 0;
-    this.cursors = [0]; // where each page up to this one starts
+    this.cursors = [null]; // where each page up to this one starts (null: the first page)
     this.hasMore = false;
     this.nextCursor = null;
     this.prev = h("button", { type: "button", class: "secondary", "aria-label": `Previous page of ${what}` }, "Previous");
@@ -66,6 +66,6 @@ export class Pager {
 
   reset() {
     this.page = 0;
-    this.cursors = [0];
+    this.cursors = [null];
   }
 }
