@@ -589,3 +589,28 @@ async def test_a_job_queued_after_its_recording_was_deleted_is_cancelled_not_dea
     assert job.state is lifeline.JobState.CANCELLED
     assert (stats.cancelled, stats.dead_lettered, stats.failed) == (1, 0, 0)
     assert await store.list_jobs(state=lifeline.JobState.DEAD_LETTER) == []
+
+
+async def test_a_reprocess_after_a_dead_lettered_memory_run_removes_its_points(
+    store: Store, pipeline: Pipeline, llm: ScriptedLLM, qdrant: HTTPPeer
+) -> None:
+    rec = await add_recording(store, tone(1.0))
+    for stage in ("chunk", "transcription", "action_item"):
+        while (job := await store.claim(stage, worker_id="w")) is not None:
+            result = await pipeline.handlers()[stage](job)
+            await store.complete(job, then=result.then, outputs=result.outputs, replace=result.replace)
+    doomed = await store.claim("memory", worker_id="w")
+    assert doomed is not None
+    await pipeline.memory(doomed)  # three points upserted, then the run is dead-lettered
+    await store.fail(doomed, "the worker gave up", permanent=True)
+
+    def mine() -> set[str]:
+        return {pid for pid, p in qdrant.api.points().items() if p["payload"]["recording_id"] == rec}
+
+    assert len(mine()) == 3
+    # a reprocess is a new job, claimed for the first time: only the dead letter tells of the points
+    llm.limit = 1
+    await store.enqueue("memory", {}, recording_id=rec, user_id="alice")
+    await drain(store, pipeline)
+    assert [o["point_id"] for o in await outputs(store, rec, "memory")] == [memory_point_id(rec, 0)]
+    assert mine() == {memory_point_id(rec, 0)}

@@ -38,6 +38,7 @@ from lifeline.domain import (
     JSON,
     Job,
     JobCancelled,
+    JobState,
     NextJob,
     NotFound,
     Output,
@@ -243,7 +244,7 @@ class Pipeline:
         # points and died before its outputs were committed. Nothing records how many it wrote (a
         # model may find more memories on one run than on the next), so their ids are unknown and
         # only the delete by recording removes them; it runs first, before this run's upsert.
-        unknown_points = job.claims > 1
+        unknown_points = job.claims > 1 or await self._earlier_run_unfinished(job, audio_uuid)
         if unknown_points:
             async with self.breakers.call("vectors"):
                 await vectors.delete_recording(audio_uuid)
@@ -277,6 +278,17 @@ class Pipeline:
                 async with self.breakers.call("vectors"):
                     await vectors.delete_points(stale)
         return ids
+
+    async def _earlier_run_unfinished(self, job: Job, audio_uuid: str) -> bool:
+        """Whether another memory job of the recording was claimed and never completed (it was
+        dead-lettered or cancelled after a claim): like an earlier claim of this job, it may have
+        upserted points that no committed output records."""
+        report = await self.store.recording_status(audio_uuid)
+        stage = report.stages.get(Stage.MEMORY.value)
+        return stage is not None and any(
+            info.job.id != job.id and info.job.claims > 0 and info.job.state is not JobState.COMPLETED
+            for info in stage.jobs
+        )
 
     async def _unless_deleted(self, audio_uuid: str) -> None:
         """After an upsert: if the recording was deleted meanwhile, take its points back out.
