@@ -789,7 +789,8 @@ def _take(frames: list[Any]) -> Iterator[bytes]:
 class PcmConverter:
     """Raw interleaved PCM of any rate, width (1-4 bytes) and channel count to 16 kHz mono s16le.
 
-    Keeps an incomplete sample frame for the next call, and the resampler's state across calls.
+    Keeps an incomplete sample frame for the next call (across :meth:`flush` too), and the
+    resampler's state across calls.
     """
 
     def __init__(self, rate: int = TARGET_RATE, width: int = 2, channels: int = 1) -> None:
@@ -819,10 +820,15 @@ class PcmConverter:
         return self._resample(mono)
 
     def flush(self) -> bytes:
-        """What the resampler still holds (call at the end of the stream)."""
-        if self._resampler is None:
+        """What the resampler still holds (call at the end of the stream, or of a conversation).
+
+        The converter goes on afterwards with a fresh resampler (a flushed one takes no more
+        audio), and with the incomplete sample frame it holds: the bytes that follow complete it.
+        """
+        resampler, self._resampler = self._resampler, None
+        if resampler is None:
             return b""
-        return b"".join(_flush(self._resampler))
+        return b"".join(_flush(resampler))
 
     def _to_mono(self, data: bytes) -> npt.NDArray[np.float32]:
         samples: npt.NDArray[np.float32]

@@ -405,13 +405,18 @@ class StreamSession:
 
     async def close(self, reason: str = CloseReason.AUDIO_STOP) -> ClosedConversation | None:
         """Commit what is buffered (and at most ``trail_seconds`` of a trailing pause) and hand the
-        conversation to the pipeline (``None`` if none was open).
+        conversation to the pipeline (``None`` if none was open). Half a sample received last is
+        kept for the next conversation, except at :attr:`CloseReason.DISCONNECT`.
 
         Closing a recording that was closed meanwhile (nothing left to commit) finds its job.
         """
         pause = bytes(self._pause)
         self._pause.clear()
-        self._odd = b""  # half a sample: not audio
+        if reason == CloseReason.DISCONNECT:
+            self._odd = b""  # half a sample that nothing will complete: not audio
+        # otherwise the client's byte stream goes on (a silence or max-length close comes in the
+        # middle of a feed): its half sample is completed by the next byte, whatever conversation
+        # that byte is in, or every sample after it would be shifted by a byte (noise)
         self._preroll.clear()
         if reason == CloseReason.SILENCE:  # the pause goes on: its end is the next pre-roll
             self._keep_preroll(pause)

@@ -551,3 +551,86 @@ async def test_the_inbox_is_bounded_by_bytes_not_messages() -> None:
     assert inbox.queued_bytes == 0
     await asyncio.wait_for(inbox.put({"type": "websocket.receive", "bytes": b"y" * 50_000}), timeout=1)
     assert inbox.queued_bytes == 50_000 + MESSAGE_OVERHEAD
+
+
+# -- odd byte counts, the resampler's tail, and a token that expires ---------------------------------------
+
+
+async def test_odd_length_frames_across_an_idle_close_keep_their_byte_alignment(streams: Streams) -> None:
+    """The half sample held back when the idle close comes is the first byte of the next
+    conversation: its audio is byte-exact, not shifted by one byte (noise)."""
+    pcm = pcm16(tone(0.5)) + pcm16(tone(0.7, freq=330.0))
+    cut = 16_001  # half a second and one byte
+    async with streams.connect() as ws:
+        await send_frames(ws, pcm[:cut], frame=3201)
+        first = (await event(ws, "conversation-closed", timeout=5))["data"]  # idle after 1 s
+        assert first["reason"] == "idle"
+        await send_frames(ws, pcm[cut:], frame=3201)
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        second = (await event(ws, "conversation-closed"))["data"]
+    assert await stored_pcm(streams.store, first["audio_uuid"]) == pcm[:16_000]
+    assert await stored_pcm(streams.store, second["audio_uuid"]) == pcm[16_000:]
+
+
+async def test_odd_length_feeds_across_a_silence_close_keep_their_byte_alignment(store: Store) -> None:
+    speech1, pause, speech2 = pcm16(tone(1.0)), quiet(3.0), pcm16(tone(1.2, freq=330.0))
+    pcm = speech1 + pause + speech2
+    session = StreamSession(store, user_id="user-123456", device_name="p", idle_seconds=2.0)
+    closed = []
+    # one odd feed first: from then on each feed leaves half a sample over, the one in which the
+    # silence close comes included
+    for start, end in [(0, 3201), *((i, i + 3200) for i in range(3201, len(pcm), 3200))]:
+        closed += await session.feed(pcm[start:end])
+    last = await session.close()
+    assert last is not None
+    [first] = closed
+    assert first.reason == "silence"
+    # 100 ms windows start where each feed does, so where the pause is found to begin moves a
+    # little; the audio stored is the client's byte stream all the same, in whole samples
+    one, two = await stored_pcm(store, first.audio_uuid), await stored_pcm(store, last.audio_uuid)
+    assert pcm.startswith(one)
+    assert len(one) / 32_000 == pytest.approx(2.0, abs=0.2)
+    assert pcm.endswith(two)
+    assert len(two) % 2 == 0
+    assert len(two) / 32_000 == pytest.approx(2.2, abs=0.2)
+
+
+async def test_a_conversation_closed_by_the_resampler_s_tail_is_reported(tmp_path: Path) -> None:
+    """One second of 44.1 kHz audio with a one-second maximum: the resampler holds the last
+    samples back until audio-stop, and it is their flush that reaches the maximum length."""
+    samples = tone(1.0, rate=44_100)
+    async with open_streams(tmp_path, upload_max_seconds=1.0) as streams, streams.connect() as ws:
+        await ws.send(
+            json.dumps({"type": "audio-start", "data": {"rate": 44_100, "width": 2, "channels": 1}})
+        )
+        await ws.send(pcm16(samples))
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        by_tail = (await event(ws, "conversation-closed"))["data"]
+        stop = (await event(ws, "conversation-closed"))["data"]
+        assert (by_tail["reason"], by_tail["duration_seconds"]) == ("max-length", pytest.approx(1.0))
+        assert (stop["reason"], stop["audio_uuid"]) == ("audio-stop", None)
+        [row] = await streams.store.list_recordings()
+        assert row.audio_uuid == by_tail["audio_uuid"]
+        [job] = await streams.store.list_jobs(recording_id=row.audio_uuid)
+        assert job.id == by_tail["job_id"]
+
+
+async def test_a_token_that_expires_during_the_connection_still_opens_conversations(tmp_path: Path) -> None:
+    """The token is checked when the connection opens; later conversations re-check revocation and
+    the user, not the expiry (a logout still ends it: the test above)."""
+    async with open_streams(tmp_path, jwt_lifetime=3.0) as streams, streams.connect() as ws:
+        await ws.send(pcm16(tone(0.5)))
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        assert (await event(ws, "conversation-closed"))["data"]["audio_uuid"]
+        auth = {"Authorization": f"Bearer {streams.token}"}
+
+        async def expired() -> bool:
+            return (await streams.http.get("/users/me", headers=auth)).status_code == 401
+
+        await eventually(expired)
+        await ws.send(pcm16(tone(0.5)))
+        await ws.send(json.dumps({"type": "audio-stop"}))
+        second = (await event(ws, "conversation-closed"))["data"]
+        assert second["audio_uuid"]
+        assert second["duration_seconds"] == pytest.approx(0.5)
+        assert await streams.store.count_recordings() == 2

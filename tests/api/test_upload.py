@@ -3,7 +3,12 @@ bad input is refused with its reason and leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,11 +20,12 @@ import pytest
 
 from lifeline import audio
 from lifeline.api import create_app
+from lifeline.api.routes_audio import SPOOL_MEMORY, _UploadForm
 from lifeline.auth import PasswordHashing
-from lifeline.domain import Stage
+from lifeline.domain import Stage, StoreError
 from lifeline.ingest import client_id_for, close_key
 
-from .audio_helpers import RATE, encode, pcm16, tone, wav_bytes
+from .audio_helpers import RATE, encode, live_server, pcm16, tone, wav_bytes
 from .conftest import Api, api_settings
 
 UploadFiles = list[tuple[str, tuple[str, bytes, str]]]
@@ -286,3 +292,233 @@ async def test_a_file_past_the_limit_is_dropped_while_it_arrives_and_its_batch_m
         )
         assert f"{len(big) / 1e6:.1f} MB" in refused["error"]
         assert await api.ctx.store.count_recordings() == 1
+
+
+# -- a hand-written multipart body: what a broken or hostile client sends -------------------------------
+
+BOUNDARY = "lifeline-test-boundary"
+WRITE_BATCH = 64 << 10  # what a spooled part's writes to disk are batched to, at least
+
+
+def part(data: bytes, *, name: str = "files", filename: str | None = "a.wav", headers: str = "") -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    head = f"Content-Disposition: {disposition}\r\n{headers}Content-Type: application/octet-stream\r\n\r\n"
+    return f"--{BOUNDARY}\r\n".encode() + head.encode("utf-8") + data + b"\r\n"
+
+
+def closing() -> bytes:
+    return f"--{BOUNDARY}--\r\n".encode()
+
+
+async def post_body(api: Api, headers: dict[str, str], body: bytes) -> httpx.Response:
+    return await api.client.post(
+        "/api/audio/upload",
+        content=body,
+        headers={**headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+
+
+async def test_a_body_cut_off_before_its_closing_boundary_is_refused_and_nothing_stored(api: Api) -> None:
+    _, headers = await api.new_user("alice@example.com")
+    mp3 = encode(tone(4.0, rate=44_100), "mp3", "libmp3lame", rate=44_100)
+    whole = part(mp3, filename="talk.mp3") + closing()
+    # cut in the middle of the file: the MP3 would decode, two seconds short
+    r = await post_body(api, headers, whole[: len(whole) // 2])
+    assert r.status_code == 400, r.text
+    assert "closing boundary" in r.json()["detail"]
+    # every byte of the file there, only the closing boundary missing
+    r = await post_body(api, headers, part(wav_bytes(tone(1.0))))
+    assert r.status_code == 400, r.text
+    assert "closing boundary" in r.json()["detail"]
+    await nothing_stored(api)
+    # the same bodies, whole, are accepted (an epilogue after the closing boundary is allowed)
+    r = await post_body(api, headers, whole + b"epilogue\r\n")
+    assert r.status_code == 202, r.text
+    assert r.json()["files"][0]["duration_seconds"] == pytest.approx(4.0, abs=0.1)
+
+
+async def test_a_part_s_headers_are_bounded(api: Api) -> None:
+    _, headers = await api.new_user("alice@example.com")
+    wav = wav_bytes(tone(0.5))
+    # three headers of 3000 bytes: each is under the parser's per-line limit, together over 8 KB
+    padding = "".join(f"X-Padding-{i}: {'p' * 3000}\r\n" for i in range(3))
+    r = await post_body(api, headers, part(wav, headers=padding) + closing())
+    assert r.status_code == 400, r.text
+    assert "headers" in r.json()["detail"]
+    # one header line past the parser's own limit
+    r = await post_body(api, headers, part(wav, headers=f"X-Long: {'p' * 9000}\r\n") + closing())
+    assert r.status_code == 400, r.text
+    await nothing_stored(api)
+    # headers of a few kilobytes are fine
+    r = await post_body(api, headers, part(wav, headers=f"X-Padding: {'p' * 3000}\r\n") + closing())
+    assert r.status_code == 202, r.text
+
+
+async def test_a_file_named_with_filename_star_is_a_file_with_its_decoded_name(api: Api) -> None:
+    _, headers = await api.new_user("alice@example.com")
+    wav = wav_bytes(tone(0.5))
+    star = "filename*=UTF-8''%E2%82%AC%20r%C3%A9union.wav"
+    only_star = part(wav, filename=None).replace(b'name="files"', f'name="files"; {star}'.encode())
+    both = part(wav, filename="reunion.wav").replace(
+        b'filename="reunion.wav"', f'filename="reunion.wav"; {star}'.encode()
+    )
+    latin1 = part(wav, filename=None).replace(
+        b'name="files"', b"name=\"files\"; filename*=ISO-8859-1'fr'caf%E9.wav"
+    )
+    r = await post_body(api, headers, only_star + both + latin1 + closing())
+    assert r.status_code == 202, r.text
+    assert [f["filename"] for f in r.json()["files"]] == ["€ réunion.wav", "€ réunion.wav", "café.wav"]
+    stored = [(await api.ctx.store.get_recording(f["audio_uuid"])).filename for f in r.json()["files"]]
+    assert stored == ["€ réunion.wav", "€ réunion.wav", "café.wav"]
+
+
+async def test_a_store_error_on_a_later_file_leaves_the_earlier_ones_accepted(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first file is stored and queued; the store fails half-way through the second one: the
+    answer says so per file (202), the second's partial recording is gone, the third is not tried."""
+    _, headers = await api.new_user("alice@example.com")
+    store = api.ctx.store
+    append_audio = store.append_audio
+    seen: list[str] = []
+
+    async def failing(audio_uuid: str, seq: int, pcm: bytes) -> None:
+        if audio_uuid not in seen:
+            seen.append(audio_uuid)
+        if len(seen) == 2 and seq == 1:
+            raise StoreError("disk I/O error")
+        await append_audio(audio_uuid, seq, pcm)
+
+    monkeypatch.setattr(store, "append_audio", failing)
+    r = await upload(
+        api,
+        headers,
+        ("one.wav", wav_bytes(tone(1.0))),
+        ("two.wav", wav_bytes(tone(25.0))),  # three 10 s pieces: the second one fails
+        ("three.wav", wav_bytes(tone(1.0))),
+    )
+    assert r.status_code == 202, r.text
+    one, two, three = r.json()["files"]
+    assert (one["status"], one["filename"]) == ("queued", "one.wav")
+    assert (two["status"], two["status_code"], two["reason"]) == ("rejected", 503, "store_unavailable")
+    assert "disk I/O error" not in two["error"]  # the store's own words stay in the log
+    assert (three["status"], three["status_code"], three["reason"]) == ("rejected", 503, "not_tried")
+    monkeypatch.undo()
+    [row] = await store.list_recordings()
+    assert row.audio_uuid == one["audio_uuid"]
+    assert [j.recording_id for j in await store.list_jobs()] == [one["audio_uuid"]]
+
+
+async def test_when_the_store_fails_on_the_only_file_the_answer_is_503(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, headers = await api.new_user("alice@example.com")
+
+    async def failing(*args: Any, **kwargs: Any) -> None:
+        raise StoreError("no database connection")
+
+    monkeypatch.setattr(api.ctx.store, "add_recording", failing)
+    r = await upload(api, headers, ("one.wav", wav_bytes(tone(1.0))))
+    assert r.status_code == 503, r.text
+    assert "store" in r.json()["detail"]
+    monkeypatch.undo()
+    await nothing_stored(api)
+
+
+async def test_file_parts_kept_in_memory_are_written_without_a_thread_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part is written on the event loop while its spool is in memory, and past that in batches
+    of at least 64 KB on a worker thread: not one thread hop per received chunk."""
+    hops = 0
+    to_thread = asyncio.to_thread
+
+    async def counting(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    small, big = os.urandom(300_000), os.urandom(1_500_000)  # under and over the 1 MiB in memory
+    body = part(small, filename="small.wav") + part(big, filename="big.wav") + closing()
+    form = _UploadForm(BOUNDARY.encode(), spool_dir=tmp_path, max_file_bytes=10_000_000)
+    for start in range(0, len(body), 1000):
+        await form.feed(body[start : start + 1000])
+    past_memory = len(big) - SPOOL_MEMORY
+    assert hops <= past_memory // WRITE_BATCH + 2, hops  # ~1800 chunks came in
+    await form.finish()
+    assert hops <= past_memory // WRITE_BATCH + 3, hops
+    try:
+        assert [(f.filename, f.size) for f in form.files] == [
+            ("small.wav", len(small)),
+            ("big.wav", len(big)),
+        ]
+        for upload_part, data in zip(form.files, (small, big), strict=True):
+            assert upload_part.file is not None
+            upload_part.file.seek(0)
+            assert upload_part.file.read() == data
+    finally:
+        form.close()
+
+
+def _spool_fds(spool_dir: Path) -> list[str]:
+    """This process's open files in ``spool_dir`` (unlinked at once, they show only here)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(str(spool_dir)):
+                found.append(os.readlink(fd))
+    return found
+
+
+async def test_a_client_that_goes_away_mid_upload_leaves_nothing_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Half a body, then the TCP connection closes: no 500 and no traceback, no recording, no spool
+    file; the server goes on serving."""
+    caplog.set_level(logging.INFO)
+    settings = api_settings(tmp_path)
+    app = create_app(settings, hashing=PasswordHashing(time_cost=1, memory_cost=1024))
+    spool_dir = settings.data_dir / "uploads-tmp"
+    async with live_server(app) as live, httpx.AsyncClient(base_url=live.http) as client:
+        api = Api(client, app.state.ctx)
+        _, headers = await api.new_user("alice@example.com")
+        body = part(wav_bytes(tone(60.0))) + closing()  # 1.9 MB: spooled to disk past 1 MiB
+        port = int(live.http.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (
+            "POST /api/audio/upload HTTP/1.1\r\nHost: lifeline.test\r\n"
+            f"Authorization: {headers['Authorization']}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body[: len(body) * 2 // 3])
+        await writer.drain()
+
+        async def spooled() -> bool:
+            return bool(_spool_fds(spool_dir))
+
+        await eventually(spooled)  # the server is reading the body
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+        async def handled() -> bool:
+            ended = any(r.levelno >= logging.ERROR or "went away" in r.getMessage() for r in caplog.records)
+            return ended and not _spool_fds(spool_dir)
+
+        await eventually(handled)
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert errors == [], [r.getMessage() for r in errors]
+        await nothing_stored(api)
+        assert list(spool_dir.iterdir()) == []
+        # the server goes on
+        r = await upload(api, headers, ("a.wav", wav_bytes(tone(1.0))))
+        assert r.status_code == 202, r.text
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

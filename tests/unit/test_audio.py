@@ -657,3 +657,27 @@ def test_the_silence_threshold_is_named() -> None:
     quiet = (np.full(1600, 0.002) * 32767).astype("<i2").tobytes()  # -54 dBFS
     assert audio.is_silent(quiet)
     assert not audio.is_silent(quiet, threshold_dbfs=-60.0)
+
+
+@pytest.mark.parametrize(("rate", "width", "channels"), [(16_000, 2, 1), (44_100, 2, 2), (48_000, 3, 1)])
+def test_pcm_converter_flushed_between_conversations_goes_on_with_its_half_frame(
+    rate: int, width: int, channels: int
+) -> None:
+    """A stream's conversation closes (its resampler is flushed) with an incomplete frame held:
+    that frame's bytes start the next piece, and the converter goes on converting."""
+    samples = tone(rate, 1.0)
+    frames = np.repeat(samples.reshape(-1, 1), channels, axis=1)
+    if width == 3:
+        ints = np.rint(frames * 8388607).astype("<i4").reshape(-1)
+        data = ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    else:
+        data = np.rint(frames * 32767).astype("<i2").tobytes()
+    cut = len(data) // 2 + 1  # inside a frame
+    converter = audio.PcmConverter(rate, width, channels)
+    first = converter.convert(data[:cut]) + converter.flush()
+    second = converter.convert(data[cut:]) + converter.flush()
+    assert (len(first) + len(second)) / audio.BYTES_PER_SECOND == pytest.approx(1.0, abs=0.01)
+    if rate == 16_000:
+        assert first + second == data
+    for piece in (first, second):
+        assert audio.peak_dbfs(piece) == pytest.approx(20 * math.log10(0.5 / math.sqrt(2)), abs=0.5)

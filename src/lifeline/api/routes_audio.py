@@ -5,8 +5,10 @@ committed; a stream commits its audio at least every second and closes the conve
 ``chunk`` job) on ``audio-stop``, on disconnect, after ``LIFELINE_STREAM_IDLE_SECONDS`` without
 frames or of silent audio, and at ``LIFELINE_UPLOAD_MAX_SECONDS`` of audio (the next conversation
 goes on from there); each close is told to the client as a ``conversation-closed`` event with its
-reason. The token is checked again whenever a new conversation opens (1008 when it no longer
-holds). The logic lives in :mod:`lifeline.ingest`; this module speaks HTTP and WebSocket.
+reason. Whenever a new conversation opens, the connection's token is checked again for revocation
+and its user for deactivation (1008 when either happened), not for expiry: a device stays
+connected for longer than a token lives. The logic lives in :mod:`lifeline.ingest`; this module
+speaks HTTP and WebSocket.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import contextlib
 import json
 import logging
 import math
+import re
 import tempfile
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,7 @@ from fastapi import APIRouter, Request, WebSocket, status
 from fastapi.responses import JSONResponse
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -35,7 +40,7 @@ from lifeline.api.deps import Ctx, CurrentUser
 from lifeline.api.pipeline_schemas import UploadAccepted, UploadOut, UploadRejected
 from lifeline.api.responses import AUTHENTICATED, errors
 from lifeline.auth import AuthError
-from lifeline.domain import NotFound
+from lifeline.domain import NotFound, StoreError
 from lifeline.ingest import (
     Accepted,
     ClosedConversation,
@@ -56,8 +61,11 @@ MAX_FILES: Final = 8
 MAX_FIELDS: Final = 64  # other form fields (unknown ones are ignored)
 FIELD_MAX_BYTES: Final = 64 << 10  # one non-file field
 FORM_OVERHEAD: Final = 1 << 20  # multipart boundaries, headers and small fields
+PART_HEADERS_MAX: Final = 8 << 10  # one part's header names and values together
 UPLOAD_SPOOL_DIR: Final = "uploads-tmp"  # under the data dir: file parts past SPOOL_MEMORY go here
 SPOOL_MEMORY: Final = 1 << 20
+WRITE_BATCH: Final = 64 << 10  # a spool past SPOOL_MEMORY is written on a thread this much at a time
+CLIENT_CLOSED_REQUEST: Final = 499  # nginx's name for it; logged, never sent (nobody is listening)
 INBOX_MAX_BYTES: Final = 8 << 20  # a stream's frames received but not yet stored
 MESSAGE_OVERHEAD: Final = 256  # what a message costs in the inbox besides its payload
 DEVICE_NAME_MAX: Final = 100
@@ -121,7 +129,9 @@ class _FormError(Exception):
 class _FilePart:
     filename: str | None
     file: IO[bytes] | None  # None once the part passed the per-file limit (its spool is gone)
-    size: int = 0
+    size: int = 0  # received
+    written: int = 0  # written to ``file``
+    pending: bytearray = field(default_factory=bytearray)  # received, not yet written
 
 
 @dataclass(eq=False, slots=True)
@@ -138,10 +148,18 @@ class _UploadForm:
     Starlette's own form parsing spools every file part past 1 MB to the system temporary
     directory (often a RAM-backed tmpfs), with no way to say where, and keeps a part however large
     it grows until the whole body is read. Here the parts of the field ``files`` are spooled past
-    :data:`SPOOL_MEMORY` into ``spool_dir`` (the data dir's ``uploads-tmp``), written on a worker
-    thread; a part that passes ``max_file_bytes`` is dropped at once and only its size is counted
-    on (it is refused as too large, its batch mates are not). Files in other fields are counted
-    and their bytes dropped; other fields are kept (up to :data:`FIELD_MAX_BYTES` each) as text.
+    :data:`SPOOL_MEMORY` into ``spool_dir`` (the data dir's ``uploads-tmp``): written on the event
+    loop while the spool is in memory, and past that on a worker thread in batches of at least
+    :data:`WRITE_BATCH` (not one thread hop per received chunk, however small the chunks). A part
+    that passes ``max_file_bytes`` is dropped at once and only its size is counted on (it is
+    refused as too large, its batch mates are not). Files in other fields are counted and their
+    bytes dropped; other fields are kept (up to :data:`FIELD_MAX_BYTES` each) as text.
+
+    A body must end with its closing boundary (:meth:`finish`; python-multipart's ``finalize``
+    does not check it): a body cut off before it is refused rather than stored short. A part's
+    headers may weigh :data:`PART_HEADERS_MAX` bytes in all (the parser bounds each line and
+    their count). A file part is one with a ``filename`` or an RFC 5987 ``filename*`` parameter
+    (the decoded ``filename*`` is its name, as RFC 6266 prefers it when both are given).
     """
 
     def __init__(self, boundary: bytes, *, spool_dir: Path, max_file_bytes: int) -> None:
@@ -152,9 +170,10 @@ class _UploadForm:
         self._part = _Part()
         self._header_name = b""
         self._header_value = b""
+        self._header_bytes = 0  # the current part's headers so far
         self._file_count = 0
         self._field_count = 0
-        self._writes: list[tuple[_FilePart, bytes]] = []
+        self._ended = False  # the closing boundary was seen
         self._parser = MultipartParser(
             boundary,
             {
@@ -165,6 +184,7 @@ class _UploadForm:
                 "on_header_value": self._on_header_value,
                 "on_header_end": self._on_header_end,
                 "on_headers_finished": self._on_headers_finished,
+                "on_end": self._on_end,
             },
         )
 
@@ -173,16 +193,35 @@ class _UploadForm:
             self._parser.write(chunk)
         except FormParserError as exc:
             raise _FormError(f"invalid multipart data: {exc}") from exc
-        writes, self._writes = self._writes, []
-        for part, data in writes:
-            if part.file is not None:
-                await asyncio.to_thread(part.file.write, data)
+        current = self._part.file
+        for part in self.files:  # at most MAX_FILES
+            await self._write(part, final=part is not current)
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
+        """The body has ended: :class:`_FormError` unless it ended with its closing boundary."""
         try:
             self._parser.finalize()
         except FormParserError as exc:
             raise _FormError(f"invalid multipart data: {exc}") from exc
+        if not self._ended:
+            raise _FormError("the multipart body ends before its closing boundary (was it cut off?)")
+        for part in self.files:
+            await self._write(part, final=True)
+
+    async def _write(self, part: _FilePart, *, final: bool) -> None:
+        """Write what ``part`` received: at once while its spool is in memory (no blocking I/O),
+        past that on a worker thread once :data:`WRITE_BATCH` bytes are waiting (or ``final``)."""
+        if part.file is None or not part.pending:
+            return
+        size = len(part.pending)
+        if part.written + size <= SPOOL_MEMORY:  # stays in the spool's memory buffer
+            part.file.write(part.pending)
+        elif size >= WRITE_BATCH or final:  # rolls over to, or goes on in, a file on disk
+            await asyncio.to_thread(part.file.write, bytes(part.pending))
+        else:
+            return
+        part.written += size
+        part.pending.clear()
 
     def close(self) -> None:
         """Close (and so delete) every spooled file; blocking I/O (use a worker thread)."""
@@ -193,11 +232,22 @@ class _UploadForm:
 
     def _on_part_begin(self) -> None:
         self._part = _Part()
+        self._header_bytes = 0
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > PART_HEADERS_MAX:
+            raise _FormError(f"a part's headers are longer than {PART_HEADERS_MAX} bytes")
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_name += data[start:end]
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_value += data[start:end]
 
     def _on_header_end(self) -> None:
@@ -205,18 +255,22 @@ class _UploadForm:
         self._header_name = self._header_value = b""
 
     def _on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._part.headers.get(b"content-disposition", b""))
+        disposition = self._part.headers.get(b"content-disposition", b"")
+        _, options = parse_options_header(disposition)
         if b"name" not in options:
             raise _FormError('a part has no Content-Disposition "name"')
         self._part.name = options[b"name"].decode("utf-8", "replace")
-        if b"filename" in options:
+        filename = _extended_filename(disposition)
+        if filename is None and b"filename" in options:
+            filename = options[b"filename"].decode("utf-8", "replace")
+        if filename is not None:
             self._file_count += 1
             if self._file_count > MAX_FILES:
                 raise _FormError(f"too many files: at most {MAX_FILES} in one request")
             if self._part.name == "files":
                 # closing it deletes it (its name is unlinked at once where the OS allows)
                 spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY, dir=str(self._spool_dir))  # noqa: SIM115
-                self._part.file = _FilePart(options[b"filename"].decode("utf-8", "replace"), spool)
+                self._part.file = _FilePart(filename, spool)
                 self.files.append(self._part.file)
         else:
             self._field_count += 1
@@ -236,15 +290,37 @@ class _UploadForm:
             if upload.file is None:
                 return
             if upload.size > self._max_file_bytes:  # refused whatever follows: free its spool now
-                self._writes = [(p, d) for p, d in self._writes if p is not upload]
+                upload.pending = bytearray()
                 spool, upload.file = upload.file, None
                 spool.close()  # at most SPOOL_MEMORY in memory, or one file to unlink
                 return
-            self._writes.append((upload, bytes(data[start:end])))
+            upload.pending += data[start:end]
 
     def _on_part_end(self) -> None:
         if self._part.data is not None:
             self.fields.setdefault(self._part.name, self._part.data.decode("utf-8", "replace"))
+
+
+_PARAMETER = re.compile(r'(?:[^;"]|"(?:\\.|[^"\\])*")+')  # a header's ;-separated pieces, quotes kept
+
+
+def _extended_filename(disposition: bytes) -> str | None:
+    """The RFC 5987 ``filename*=charset'lang'percent-encoded`` of a Content-Disposition header,
+    decoded (``None`` without one). RFC 7578 tells senders not to use it in a form, but some do;
+    python-multipart's ``parse_options_header`` drops it. An unknown charset or a malformed value
+    falls back to UTF-8 with replacement characters: the name is for people, not a key."""
+    for segment in _PARAMETER.findall(disposition.decode("latin-1"))[1:]:
+        key, _, value = segment.partition("=")
+        if key.strip().lower() == "filename*":
+            break
+    else:
+        return None
+    pieces = value.strip().strip('"').split("'", 2)  # charset, language (ignored), value
+    charset, value = (pieces[0] or "utf-8", pieces[2]) if len(pieces) == 3 else ("utf-8", pieces[-1])
+    try:
+        return urllib.parse.unquote(value, encoding=charset, errors="replace")
+    except LookupError:  # an unknown charset
+        return urllib.parse.unquote(value, encoding="utf-8", errors="replace")
 
 
 def _error(code: int, detail: str) -> JSONResponse:
@@ -265,10 +341,12 @@ def _error(code: int, detail: str) -> JSONResponse:
             422,
             503,
             described={
-                400: "a malformed multipart body, more than 8 files or more than 64 other fields",
+                400: "a malformed multipart body (one cut off before its closing boundary, a part's "
+                "headers over 8 KB), more than 8 files or more than 64 other fields",
                 413: "larger than LIFELINE_UPLOAD_MAX_MB, or longer than LIFELINE_UPLOAD_MAX_SECONDS",
                 415: "not a multipart form, or not audio (the first file's reason, when every file failed)",
                 422: "no files, or undecodable, empty or silent audio (when every file failed)",
+                503: "the store is unavailable, and no file was stored",
             },
         ),
     },
@@ -277,9 +355,15 @@ async def upload(request: Request, ctx: Ctx, user: CurrentUser) -> JSONResponse:
     """Upload one or more audio files (field ``files``; optional ``device_name``).
 
     Each file is decoded to 16 kHz mono 16-bit PCM, stored, and queued for the pipeline; the
-    answer lists one ``audio_uuid`` per accepted file and the reason for each refused one (a bad
-    file leaves nothing behind). When every file is refused, the first one's status and reason
-    are the answer.
+    answer (202) lists, in the order of the files, the ``audio_uuid`` of each accepted one and the
+    ``status_code`` and reason of each refused one (a refused file leaves nothing behind). When
+    every file is refused, the first one's status and reason are the answer.
+
+    When the store fails on a file, the files before it stay stored and queued, and the answer
+    still lists them (202): the failed file is refused with ``status_code`` 503 (reason
+    ``store_unavailable``) and the files after it are not tried (503, reason ``not_tried``), so a
+    client resends only the files that were not accepted, and duplicates none. A 503 answer means
+    no file was stored.
     """
     limits = upload_limits(ctx.settings)
     body_limit = limits.max_bytes * MAX_FILES + FORM_OVERHEAD
@@ -301,35 +385,25 @@ async def upload(request: Request, ctx: Ctx, user: CurrentUser) -> JSONResponse:
         try:
             async for chunk in Request(request.scope, _limited(request.receive, body_limit)).stream():
                 await form.feed(chunk)
-            form.finish()
+            await form.finish()
         except _BodyTooLarge:
             return _error(413, f"the request is larger than {body_limit / 1e6:.1f} MB")
         except _FormError as exc:
             return _error(400, str(exc))
+        except ClientDisconnect:
+            # nothing was stored yet (files are decoded once the whole body is in); the spools go
+            # in the finally below. Nobody is listening for the answer: it only reaches the log.
+            log.info("upload not received: the client went away before the end of its body")
+            return _error(CLIENT_CLOSED_REQUEST, "the client went away before the end of its body")
         if not form.files:
             return _error(422, "the form has no audio in the field 'files'")
         device = form.fields.get("device_name")
         device_name = device if device is not None and device.strip() else None
         if device_name is not None and len(device_name) > DEVICE_NAME_MAX:
             return _error(422, f"device_name is longer than {DEVICE_NAME_MAX} characters")
-        outcomes: list[UploadOutcome] = []
-        for part in form.files:
-            if part.file is None:  # past the per-file limit: its bytes were counted, not kept
-                size, limit = part.size / 1e6, limits.max_bytes / 1e6
-                message = f"the upload is {size:.1f} MB; the limit is {limit:.1f} MB"
-                outcomes.append(Rejected(part.filename, message, "too_large", 413))
-                continue
-            await asyncio.to_thread(part.file.seek, 0)
-            outcomes.append(
-                await ingest_upload(
-                    ctx.store,
-                    part.file,
-                    user_id=user.id,
-                    device_name=device_name,
-                    filename=part.filename,
-                    limits=limits,
-                )
-            )
+        outcomes = await _ingest_files(
+            ctx, form.files, limits=limits, user_id=user.id, device_name=device_name
+        )
     finally:
         await asyncio.to_thread(form.close)
     items: list[UploadAccepted | UploadRejected] = []
@@ -358,6 +432,47 @@ async def upload(request: Request, ctx: Ctx, user: CurrentUser) -> JSONResponse:
         assert isinstance(first, UploadRejected)
         return _error(first.status_code, first.error)
     return JSONResponse(UploadOut(files=items).model_dump(), status_code=status.HTTP_202_ACCEPTED)
+
+
+async def _ingest_files(
+    ctx: AppContext,
+    parts: list[_FilePart],
+    *,
+    limits: audio.AudioLimits,
+    user_id: str,
+    device_name: str | None,
+) -> list[UploadOutcome]:
+    """Each received file stored and queued, or refused; after a store failure the rest are not
+    tried (each failed or untried file is a 503 :class:`Rejected`)."""
+    outcomes: list[UploadOutcome] = []
+    failed = False
+    for part in parts:
+        if failed:
+            message = "not stored: the store failed on an earlier file of this request; send it again"
+            outcomes.append(Rejected(part.filename, message, "not_tried", 503))
+            continue
+        if part.file is None:  # past the per-file limit: its bytes were counted, not kept
+            size, limit = part.size / 1e6, limits.max_bytes / 1e6
+            message = f"the upload is {size:.1f} MB; the limit is {limit:.1f} MB"
+            outcomes.append(Rejected(part.filename, message, "too_large", 413))
+            continue
+        await asyncio.to_thread(part.file.seek, 0)
+        try:
+            outcome = await ingest_upload(
+                ctx.store,
+                part.file,
+                user_id=user_id,
+                device_name=device_name,
+                filename=part.filename,
+                limits=limits,
+            )
+        except StoreError as exc:  # ingest_upload deleted its partial recording (or the sweeper will)
+            log.error("upload not stored: the store failed: %s", exc)
+            failed = True
+            message = "not stored: the store is unavailable; send it again"
+            outcome = Rejected(part.filename, message, "store_unavailable", 503)
+        outcomes.append(outcome)
+    return outcomes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,14 +534,15 @@ class _AudioIn:
             return b""
 
     def flush(self) -> bytes:
-        """What the resampler holds at the end of a conversation; the next one starts afresh."""
+        """What the resampler holds at the end of a conversation. The next one starts with a fresh
+        resampler (and Opus decoder), but with the incomplete sample frame the converter holds:
+        the client's byte stream goes on, and dropping a byte of it would shift every sample
+        after it (noise)."""
         if self.opus:
             out = self._decoder.flush() if self._decoder is not None else b""
             self._decoder = None
             return out
-        out = self._pcm.flush()
-        self._pcm = audio.PcmConverter(*self._fmt)
-        return out
+        return self._pcm.flush()
 
 
 def _whole(value: Any, name: str) -> int:
@@ -514,7 +630,7 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
     try:
         if not token:
             raise AuthError("no token")
-        user, _ = await ctx.accounts.authenticate(token)
+        user, claims = await ctx.accounts.authenticate(token)
     except AuthError:
         await websocket.close(code=POLICY_VIOLATION, reason="invalid or missing token")
         return
@@ -522,8 +638,9 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
         device_name = device_name.strip()[:DEVICE_NAME_MAX] or None
 
     async def recheck_token() -> None:
-        # each new conversation: the token may have been revoked, the user deactivated (AuthError)
-        await ctx.accounts.authenticate(token)
+        # each new conversation: the token may have been revoked, the user deactivated (AuthError);
+        # its expiry is not checked again (a device stays connected for longer than a token lives)
+        await ctx.accounts.still_allowed(claims)
 
     session = StreamSession(
         ctx.store,
@@ -562,8 +679,8 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
             try:
                 message = await asyncio.wait_for(inbox.get(), timeout=session.idle_timeout())
             except TimeoutError:
-                closed = await _close(session, source, CloseReason.IDLE)
-                await _send(websocket, _closed_event(closed, CloseReason.IDLE))
+                for closed_event in _close_events(await _close(session, source, CloseReason.IDLE)):
+                    await _send(websocket, closed_event)
                 continue
             if message["type"] == "websocket.disconnect":
                 break
@@ -599,8 +716,8 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
                 except (TypeError, ValueError) as exc:
                     raise _ProtocolError(f"unsupported audio format: {exc}") from exc
             elif kind == "audio-stop":
-                closed = await _close(session, source, CloseReason.AUDIO_STOP)
-                await _send(websocket, _closed_event(closed, CloseReason.AUDIO_STOP))
+                for closed_event in _close_events(await _close(session, source, CloseReason.AUDIO_STOP)):
+                    await _send(websocket, closed_event)
             # other events (ping, info, ...) are ignored
     except _ProtocolError as exc:
         close_code, close_reason = INVALID_DATA, str(exc)
@@ -633,9 +750,26 @@ async def _stream(websocket: WebSocket, token: str | None, device_name: str | No
                 await websocket.close(code=close_code, reason=close_reason[:120])
 
 
-async def _close(session: StreamSession, source: _AudioIn, reason: CloseReason) -> ClosedConversation | None:
-    """Close the open conversation (with what the resampler still holds)."""
+@dataclass(frozen=True, slots=True)
+class _Closes:
+    """What closing a connection's conversation closed: conversations the resampler's tail closed
+    on its way in (each with its own reason), then the close asked for (``None``: nothing open)."""
+
+    by_tail: list[ClosedConversation]
+    reason: CloseReason
+    last: ClosedConversation | None
+
+
+def _close_events(closes: _Closes) -> list[dict[str, Any]]:
+    """One ``conversation-closed`` event per conversation closed, and one for the close asked
+    for even when nothing was left open (a client's audio-stop is always answered)."""
+    return [_closed_event(c) for c in closes.by_tail] + [_closed_event(closes.last, closes.reason)]
+
+
+async def _close(session: StreamSession, source: _AudioIn, reason: CloseReason) -> _Closes:
+    """Close the open conversation, with what the resampler still holds. That tail may close the
+    conversation itself (its maximum length, or silence), and what comes after such a close may
+    open the next one, which the close asked for then closes: every one is reported."""
     tail = source.flush()
-    if tail and session.open:
-        await session.feed(tail)  # cannot open one (none is open); may close it (silence, length)
-    return await session.close(reason)
+    by_tail = await session.feed(tail) if tail and session.open else []
+    return _Closes(by_tail, reason, await session.close(reason))
