@@ -436,21 +436,62 @@ def _response_detail(r: Any) -> str:
     return str(detail)
 
 
-def _follow(client: Any, accepted: list[tuple[str, str]], timeout: float) -> int:
+# --wait polls every conversation this often; while the service is unreachable or unavailable
+# (restarting, overloaded), the wait doubles from there up to FOLLOW_BACKOFF_MAX
+FOLLOW_POLL: Final = 1.0
+FOLLOW_BACKOFF_MAX: Final = 10.0
+# answers that say the conversation is gone, and answers that say no request will do any better
+_GONE = 404
+_NOT_ALLOWED = frozenset({401, 403})  # the token expired or was revoked meanwhile
+
+
+def _follow(
+    client: Any,
+    accepted: list[tuple[str, str]],
+    timeout: float,
+    *,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> int:
     """Poll each conversation (``accepted``: (how it is shown, audio_uuid) pairs) until it is
     done, printing its stages whenever they change; returns how many did not complete.
 
-    Followed by audio_uuid: two files may have the same name."""
-    deadline = time.monotonic() + timeout
+    Followed by audio_uuid: two files may have the same name. A service that cannot answer for a
+    while (a connection error, 5xx, 429: a restart, a proxy in front of a restart) is polled again
+    with a growing wait until the ``timeout`` deadline, reported once per outage; a conversation
+    fails only when it is gone (404) or not done by the deadline. A 401/403 (the token expired or
+    was revoked) ends the following: no later poll can succeed. ``clock`` and ``sleep`` default to
+    :func:`time.monotonic` and :func:`time.sleep`."""
+    import httpx
+
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    deadline = clock() + timeout
     shown: dict[str, str] = {}
     pending = {audio_uuid: name for name, audio_uuid in accepted}
     details: dict[str, tuple[str, dict[str, Any]]] = {}
     lost = 0
-    while pending and time.monotonic() < deadline:
+    trouble: str | None = None  # why the service could not answer, while it cannot
+    delay = FOLLOW_POLL
+    while pending and clock() < deadline:
+        problem = None
         for audio_uuid, name in list(pending.items()):
-            r = client.get(f"/api/conversations/{audio_uuid}")
+            try:
+                r = client.get(f"/api/conversations/{audio_uuid}")
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                break  # the others would not get through either: wait, then poll them all again
+            if r.status_code >= 500 or r.status_code == 429:
+                problem = f"HTTP {r.status_code}: {_response_detail(r)}"
+                break
+            if r.status_code in _NOT_ALLOWED:
+                console.print(f"[red]HTTP {r.status_code}:[/red] {_response_detail(r)}; stopped following")
+                lost += len(pending)
+                pending.clear()
+                break
             if r.status_code != 200:
-                console.print(f"[red]{name}: HTTP {r.status_code}:[/red] {_response_detail(r)}")
+                gone = " (deleted)" if r.status_code == _GONE else ""
+                console.print(f"[red]{name}: HTTP {r.status_code}{gone}:[/red] {_response_detail(r)}")
                 pending.pop(audio_uuid)
                 lost += 1
                 continue
@@ -463,8 +504,21 @@ def _follow(client: Any, accepted: list[tuple[str, str]], timeout: float) -> int
             if body["status"] in _DONE_STATES:
                 details[audio_uuid] = (name, body)
                 pending.pop(audio_uuid)
+        if problem is not None:
+            if trouble is None:
+                console.print(
+                    f"[yellow]the service cannot answer ({escape(problem)}); retrying for up to"
+                    f" {max(0.0, deadline - clock()):.0f} s more[/yellow]"
+                )
+                delay = FOLLOW_POLL
+            else:
+                delay = min(delay * 2, FOLLOW_BACKOFF_MAX)
+            trouble = problem
+        elif trouble is not None:
+            console.print("[green]the service answers again[/green]")
+            trouble, delay = None, FOLLOW_POLL
         if pending:
-            time.sleep(1.0)
+            sleep(max(0.0, min(delay, deadline - clock())))
     for audio_uuid, (name, body) in details.items():
         console.print(f"[bold]{name}[/bold] ({audio_uuid}): {body['status']}")
         if body.get("transcript"):
@@ -474,8 +528,9 @@ def _follow(client: Any, accepted: list[tuple[str, str]], timeout: float) -> int
         for item in body.get("action_items", []):
             due = f" (due {item['due']})" if item.get("due") else ""
             console.print(f"  action item: {item['text']}{due}")
+    last = "" if trouble is None else f" (the service still cannot answer: {escape(trouble)})"
     for name in pending.values():
-        console.print(f"[yellow]{name}: not done after {timeout:.0f} s[/yellow]")
+        console.print(f"[yellow]{name}: not done after {timeout:.0f} s{last}[/yellow]")
     return lost + len(pending) + sum(1 for _, b in details.values() if b["status"] != "completed")
 
 

@@ -734,10 +734,136 @@ async def test_audio_range_reads_no_chunk_after_its_end(
     assert r.content == chunked[50:61]
     assert reads == [-1]
     reads.clear()
-    r = await get_range(api, users, "bytes=1044-1709")  # exactly the second chunk
+    r = await get_range(api, users, "bytes=1044-1709")  # exactly the second chunk: read alone
     assert r.content == chunked[1044:1710]
-    assert reads == [-1, 0]
+    assert reads == [0]
     reads.clear()
     r = await get_range(api, users, "bytes=0-43")  # the header alone reads no audio
     assert r.content == chunked[:44]
     assert reads == []
+
+
+# a long stream: chunks of different sizes, as a stream commits what has arrived
+LONG = [3200 + (seq % 7) * 2 for seq in range(300)]
+
+
+async def test_a_seek_reads_only_the_chunks_from_the_one_holding_its_first_byte(
+    api: Api, users: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = api.ctx.store
+    await store.add_recording("long", user_id=users["alice_id"], source="stream")
+    pcm = pcm16(tone(sum(LONG) / 2 / 16000))
+    starts = [sum(LONG[:seq]) for seq in range(len(LONG) + 1)]  # where each chunk starts in the audio
+    for seq, size in enumerate(LONG):
+        await store.append_audio("long", seq, pcm[starts[seq] : starts[seq] + size])
+    wav = audio.to_wav(pcm)
+    read: list[int] = []  # the seqs of the chunks read, in order
+    sized: list[str] = []
+    read_audio, audio_chunk_sizes = store.read_audio, store.audio_chunk_sizes
+
+    async def counted(audio_uuid: str, *, after_seq: int = -1, limit: int = 64) -> list[tuple[int, bytes]]:
+        page = await read_audio(audio_uuid, after_seq=after_seq, limit=limit)
+        read.extend(seq for seq, _ in page)
+        return page
+
+    async def counted_sizes(audio_uuid: str) -> list[tuple[int, int]]:
+        sized.append(audio_uuid)
+        return await audio_chunk_sizes(audio_uuid)
+
+    monkeypatch.setattr(store, "read_audio", counted)
+    monkeypatch.setattr(store, "audio_chunk_sizes", counted_sizes)
+
+    async def fetch(first: int, last: int | None = None) -> tuple[bytes, int]:
+        """The range's bytes, and how many bytes of audio were read to send them."""
+        read.clear()
+        spec = f"bytes={first}-" if last is None else f"bytes={first}-{last}"
+        r = await api.client.get("/api/conversations/long/audio", headers={**users["alice"], "Range": spec})
+        assert r.status_code == 206, r.text
+        return r.content, sum(LONG[seq] for seq in read)
+
+    size = len(wav)
+    # near the end: the last chunk alone, not the ~950 kB before it
+    content, cost = await fetch(size - 1000)
+    assert content == wav[size - 1000 :]
+    assert read == [len(LONG) - 1]
+    assert cost == LONG[-1]
+    # the suffix form, the way a player asks for the end of a file
+    read.clear()
+    r = await api.client.get(
+        "/api/conversations/long/audio", headers={**users["alice"], "Range": "bytes=-10"}
+    )
+    assert r.content == wav[-10:]
+    assert read == [len(LONG) - 1]
+    # a range across chunk boundaries in the middle: exactly the chunks it touches (a page a
+    # chunk, to see where reading stops too)
+    monkeypatch.setattr(routes_pipeline, "AUDIO_PAGE", 1)
+    for first_seq, last_seq in [(150, 150), (150, 151), (7, 40), (0, 1), (298, 299)]:
+        first, last = 44 + starts[first_seq] + 1, 44 + starts[last_seq + 1] - 2
+        content, cost = await fetch(first, last)
+        assert content == wav[first : last + 1], (first_seq, last_seq)
+        assert sorted(set(read)) == read == list(range(first_seq, last_seq + 1)), (first_seq, last_seq)
+        assert cost == sum(LONG[first_seq : last_seq + 1])
+    # a range starting exactly on a chunk's first byte, and on its last byte
+    for first in (44 + starts[200], 44 + starts[201] - 1):
+        content, _ = await fetch(first, first + 3)
+        assert content == wav[first : first + 4]
+        assert read[0] == 200, first
+    # the whole file, and a range inside the header, need no sizes
+    sized.clear()
+    whole = await api.client.get("/api/conversations/long/audio", headers=users["alice"])
+    assert whole.content == wav
+    await fetch(0, 43)
+    await fetch(0, 100)
+    assert sized == []
+
+
+async def test_a_seek_into_audio_deleted_meanwhile_keeps_the_promised_length(
+    api: Api, users: dict[str, Any], chunked: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted between reading its row and seeking: silence, as many bytes as Content-Length
+    says."""
+    store = api.ctx.store
+    audio_chunk_sizes = store.audio_chunk_sizes
+
+    async def deleted_first(audio_uuid: str) -> list[tuple[int, int]]:
+        await store.delete_recording(audio_uuid)
+        return await audio_chunk_sizes(audio_uuid)
+
+    monkeypatch.setattr(store, "audio_chunk_sizes", deleted_first)
+    r = await get_range(api, users, "bytes=2000-2099")
+    assert (r.status_code, r.headers["content-length"], r.content) == (206, "100", bytes(100))
+
+
+async def test_head_of_the_audio_answers_a_gets_headers_without_a_body(
+    api: Api, users: dict[str, Any], chunked: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "/api/conversations/chunky/audio"
+    got = await api.client.get(url, headers=users["alice"])
+    store = api.ctx.store
+
+    async def unread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("HEAD reads no audio")
+
+    monkeypatch.setattr(store, "read_audio", unread)
+    monkeypatch.setattr(store, "audio_chunk_sizes", unread)
+    for headers in ({}, {"Range": "bytes=100-199"}):  # a Range is ignored: GET only (RFC 9110)
+        r = await api.client.head(url, headers={**users["alice"], **headers})
+        assert r.status_code == 200, r.text
+        assert r.content == b""
+        for name in ("content-length", "accept-ranges", "etag", "content-type", "content-disposition"):
+            assert r.headers[name] == got.headers[name], name
+        assert r.headers["content-length"] == str(len(chunked))
+        assert "content-range" not in r.headers
+    # what a GET refuses, HEAD refuses: somebody else's, unknown, without audio, no login
+    await store.add_recording("silent", user_id=users["alice_id"], source="stream")
+    for path, headers in [
+        (url, users["bob"]),
+        ("/api/conversations/nothing/audio", users["alice"]),
+        ("/api/conversations/silent/audio", users["alice"]),
+        (url, {}),
+    ]:
+        r = await api.client.head(path, headers=headers)
+        assert r.status_code == (401 if not headers else 404), path
+    # and the schema says so
+    schema = (await api.client.get("/openapi.json")).json()
+    assert set(schema["paths"]["/api/conversations/{audio_uuid}/audio"]) == {"get", "head"}

@@ -173,6 +173,28 @@ async def test_audio_of_one_recording_is_not_another_ones(store: Store) -> None:
     assert await store.read_audio("nobody") == []
 
 
+async def test_chunk_sizes_are_told_without_the_audio(store: Store) -> None:
+    """What seeking needs: each chunk's size, in seq order, whatever the arrival order, with gaps
+    in the seqs, after rewrites, for small stream chunks and large (compressible) upload ones."""
+    await store.add_recording("rec", source="stream")
+    await store.add_recording("other")
+    await store.append_audio("other", 0, pcm(0, 77))
+    sizes = {5: 320_000, 0: 32_000, 2: 1, 3: 4001, 9: 2}
+    for seq, size in sizes.items():
+        await store.append_audio("rec", seq, pcm(seq, size))
+    await store.append_audio("rec", 3, pcm(3, 600))  # rewritten, smaller
+    await store.append_audio("rec", 0, pcm(0, 65_536))  # rewritten, larger
+    expected = [(0, 65_536), (2, 1), (3, 600), (5, 320_000), (9, 2)]
+    assert await store.audio_chunk_sizes("rec") == expected
+    # the sizes are those of the chunks read_audio returns, and add up to the recording's bytes
+    assert [(seq, len(data)) for seq, data in await store.read_audio("rec")] == expected
+    assert (await store.get_recording("rec")).audio_bytes == sum(size for _, size in expected)
+    assert await store.audio_chunk_sizes("other") == [(0, 77)]
+    assert await store.audio_chunk_sizes("nobody") == []
+    await store.delete_recording("rec")
+    assert await store.audio_chunk_sizes("rec") == []
+
+
 # -- unfinished recordings ------------------------------------------------------------------------
 
 

@@ -14,16 +14,43 @@ import pytest
 
 from lifeline import cli
 
+# what the service does instead of answering a poll: raise (the connection failed) or a status
+Fault = httpx.TransportError | int
+
 
 class Service:
-    """Uploads get new ids; each conversation is processing on its first poll, then ``done``."""
+    """Uploads get new ids; each conversation is processing on its first poll, then ``done``.
 
-    def __init__(self, done: dict[str, str] | None = None) -> None:
+    ``faults``: what the next polls (of any conversation) meet instead, one each, in order (a
+    connection error raised, or an HTTP status answered); ``gone``: conversations deleted (404)."""
+
+    def __init__(
+        self,
+        done: dict[str, str] | None = None,
+        faults: list[Fault] | None = None,
+        gone: set[str] | None = None,
+    ) -> None:
         self.ids = (f"uuid-{i}" for i in itertools.count(1))
         self.polls: dict[str, int] = {}
         self.done = done or {}
+        self.faults = list(faults or [])
+        self.faulted: list[tuple[str, Fault]] = []  # the polls that met a fault
+        self.gone = gone or set()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/api/conversations/"):
+            audio_uuid = request.url.path.rsplit("/", 1)[1]
+            if self.faults:
+                fault = self.faults.pop(0)
+                self.faulted.append((audio_uuid, fault))
+                if isinstance(fault, Exception):
+                    raise fault
+                return httpx.Response(fault, json={"detail": f"fault {fault}"})
+            if audio_uuid in self.gone:
+                return httpx.Response(404, json={"detail": f"no conversation {audio_uuid!r}"})
+        return self.answer(request)
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/audio/upload":
             name = request.content.split(b'filename="', 1)[1].split(b'"', 1)[0].decode()
             item = {
@@ -88,3 +115,108 @@ def test_one_of_two_same_named_files_failing_counts_once(
     assert service.polls == {"uuid-1": 2, "uuid-2": 2}
     out = capsys.readouterr().out
     assert f"{same_names[0]}: dead_letter" in out
+
+
+class FakeTime:
+    """``clock`` and ``sleep`` for ``_follow``: sleeping moves the clock; the sleeps are kept."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def connect_error() -> httpx.ConnectError:
+    return httpx.ConnectError("[Errno 111] Connection refused")
+
+
+def test_an_outage_while_following_is_waited_out_and_reported_once(
+    same_names: list[Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service restarts while the files are followed: connection errors, then 503s while it
+    starts; every file is still followed to its end, and the outage is reported once."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(cli.time, "sleep", sleeps.append)
+    monkeypatch.setattr(cli.console, "width", 1000)
+    faults: list[Fault] = [connect_error() for _ in range(4)] + [503, 503, 502]
+    service = Service(faults=faults)
+    with httpx.Client(transport=httpx.MockTransport(service), base_url="http://lifeline.test") as client:
+        failures = cli._upload_all(client, same_names, None, True, 3600.0)
+    assert failures == 0
+    assert [fault for _, fault in service.faulted] == faults
+    assert service.polls == {"uuid-1": 2, "uuid-2": 2}
+    out = capsys.readouterr().out
+    assert f"{same_names[0]}: completed" in out
+    assert f"{same_names[1]}: completed" in out
+    assert out.count("retrying for up to") == 1
+    assert "ConnectError: [Errno 111] Connection refused" in out
+    assert out.count("the service answers again") == 1
+    # a growing wait while it cannot answer, never longer than the longest backoff; the usual
+    # poll interval again once it answers
+    assert sleeps[:7] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+    assert sleeps[7:] == [cli.FOLLOW_POLL] * (len(sleeps) - 7)
+
+
+def test_following_gives_up_at_the_deadline_and_not_before() -> None:
+    """A service that never comes back: polled again and again until --timeout, then every file
+    that is not done counts as failed, with what the service last said."""
+    time = FakeTime()
+    service = Service(faults=[503] * 3 + [connect_error() for _ in range(1000)])
+    with httpx.Client(transport=httpx.MockTransport(service), base_url="http://lifeline.test") as client:
+        failures = cli._follow(
+            client, [("a.wav", "uuid-1"), ("b.wav", "uuid-2")], 60.0, clock=time.clock, sleep=time.sleep
+        )
+    assert failures == 2
+    assert time.now == 1060.0  # waited until the deadline, not past it
+    assert max(time.sleeps) == cli.FOLLOW_BACKOFF_MAX
+    assert 8 <= len(service.faulted) <= 12  # a poll every ten seconds at most, not a busy loop
+    assert service.polls == {}
+
+
+def test_the_deadline_message_names_the_last_problem(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli.console, "width", 1000)
+    time = FakeTime()
+    service = Service(faults=[connect_error()] * 3 + [503] * 1000)
+    with httpx.Client(transport=httpx.MockTransport(service), base_url="http://lifeline.test") as client:
+        assert cli._follow(client, [("a.wav", "uuid-1")], 30.0, clock=time.clock, sleep=time.sleep) == 1
+    out = capsys.readouterr().out
+    assert out.count("retrying for up to") == 1
+    assert "a.wav: not done after 30 s (the service still cannot answer: HTTP 503: fault 503)" in out
+
+
+def test_only_a_deleted_conversation_fails_while_the_others_are_followed(
+    same_names: list[Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli.time, "sleep", lambda _: None)
+    monkeypatch.setattr(cli.console, "width", 1000)
+    service = Service(faults=[503, connect_error(), 503], gone={"uuid-1"})
+    with httpx.Client(transport=httpx.MockTransport(service), base_url="http://lifeline.test") as client:
+        failures = cli._upload_all(client, same_names, None, True, 60.0)
+    assert failures == 1
+    assert service.polls == {"uuid-2": 2}
+    out = capsys.readouterr().out
+    assert f"{same_names[0]}: HTTP 404 (deleted):" in out
+    assert f"{same_names[1]}: completed" in out
+
+
+def test_a_revoked_token_stops_following_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    time = FakeTime()
+    service = Service(faults=[401])
+    with httpx.Client(transport=httpx.MockTransport(service), base_url="http://lifeline.test") as client:
+        failures = cli._follow(
+            client, [("a.wav", "uuid-1"), ("b.wav", "uuid-2")], 60.0, clock=time.clock, sleep=time.sleep
+        )
+    assert failures == 2
+    assert len(service.faulted) == 1  # no retry can get through
+    assert service.polls == {}
+    assert time.sleeps == []
+    assert "HTTP 401:" in capsys.readouterr().out

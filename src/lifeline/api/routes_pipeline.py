@@ -268,21 +268,38 @@ def _etag(row: RecordingRow) -> str:
     return f'"{hashlib.sha256(key.encode()).hexdigest()[:32]}"'
 
 
+async def _seek(ctx: AppContext, audio_uuid: str, offset: int) -> tuple[int, int]:
+    """Where to start reading the audio to reach byte ``offset`` of it: (where the chunk holding it
+    starts in the audio, the ``after_seq`` that reads from that chunk on).
+
+    Chunks can differ in size (a stream commits what has arrived), so their sizes are asked of the
+    store, which tells them without reading the audio; no chunk before the one holding ``offset``
+    is read. Chunks deleted meanwhile: from after the last one (nothing to read but silence)."""
+    if offset <= 0:
+        return 0, -1
+    position, after = 0, -1
+    for seq, size in await ctx.store.audio_chunk_sizes(audio_uuid):
+        if position + size > offset:
+            return position, seq - 1
+        position, after = position + size, seq
+    return position, after
+
+
 async def _wav_bytes(
     ctx: AppContext, audio_uuid: str, total: int, start: int, stop: int
 ) -> AsyncIterator[bytes]:
     """Bytes ``[start, stop)`` of the WAV file of ``total`` bytes of audio (after its 44-byte header).
 
-    Chunks can differ in size (a stream commits what has arrived), and the store tells a chunk's
-    size only by returning it, so the pages before ``start`` are read to count their bytes but not
-    sent; no page after ``stop`` is read. Audio deleted meanwhile is sent as silence, to keep the
-    length promised in Content-Length.
+    Reading starts at the chunk holding ``start`` (see :func:`_seek`) and no page after ``stop`` is
+    read. Audio deleted meanwhile is sent as silence, to keep the length promised in Content-Length.
     """
     header = audio.wav_header(total)
     if start < WAV_HEADER_BYTES:
         yield header[start:stop]
     first, end = max(0, start - WAV_HEADER_BYTES), stop - WAV_HEADER_BYTES  # in the audio
-    sent, position, after = 0, 0, -1  # position: where the next chunk starts in the audio
+    sent = 0
+    # position: where the next chunk starts in the audio
+    position, after = await _seek(ctx, audio_uuid, first) if first < end else (end, -1)
     while position < end:
         page = await ctx.store.read_audio(audio_uuid, after_seq=after, limit=AUDIO_PAGE)
         if not page:
@@ -300,15 +317,18 @@ async def _wav_bytes(
         yield bytes(end - first - sent)
 
 
+_AUDIO_HEADERS: Final = {
+    "Accept-Ranges": _ACCEPT_RANGES,
+    "ETag": _header("a strong validator"),
+    "Content-Length": _header("the size of the whole WAV file, in bytes"),
+}
+
+
 @router.get(
     "/api/conversations/{audio_uuid}/audio",
     response_class=StreamingResponse,
     responses={
-        200: {
-            "content": _WAV_CONTENT,
-            "description": "the whole WAV file",
-            "headers": {"Accept-Ranges": _ACCEPT_RANGES, "ETag": _header("a strong validator")},
-        },
+        200: {"content": _WAV_CONTENT, "description": "the whole WAV file", "headers": _AUDIO_HEADERS},
         206: {
             "content": _WAV_CONTENT,
             "description": "the asked byte range of the WAV file",
@@ -316,6 +336,7 @@ async def _wav_bytes(
                 "Content-Range": _header("bytes <first>-<last>/<size of the whole file>"),
                 "Accept-Ranges": _ACCEPT_RANGES,
                 "ETag": _header("a strong validator"),
+                "Content-Length": _header("the size of the range, in bytes"),
             },
         },
         416: {
@@ -345,18 +366,10 @@ async def conversation_audio(
 
     With a ``Range`` header (an ``<audio>`` element seeking), 206 and only the asked bytes; 416
     when they lie past the end. With an ``If-Range`` that is not the current ``ETag``, the whole
-    file (200).
+    file (200). A seek reads only the chunks from the one holding its first byte.
     """
-    row = await _owned(ctx, user, audio_uuid)
-    if row.audio_bytes <= 0:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {audio_uuid!r} has no audio")
-    size = row.audio_bytes + WAV_HEADER_BYTES
-    etag = _etag(row)
-    headers = {
-        "Accept-Ranges": "bytes",
-        "ETag": etag,
-        "Content-Disposition": f'attachment; filename="{audio_uuid}.wav"',
-    }
+    row, headers = await _audio_file(ctx, user, audio_uuid)
+    size, etag = row.audio_bytes + WAV_HEADER_BYTES, headers["ETag"]
     wanted = None
     if range_header is not None and request.headers.get("if-range", etag) == etag:
         wanted = _requested_range(range_header, size)
@@ -370,6 +383,41 @@ async def conversation_audio(
         media_type="audio/wav",
         headers=headers,
     )
+
+
+@router.head(
+    "/api/conversations/{audio_uuid}/audio",
+    response_class=Response,
+    responses={
+        200: {
+            "content": _WAV_CONTENT,
+            "description": "the headers a GET of the whole WAV file answers with, and no body",
+            "headers": _AUDIO_HEADERS,
+        },
+        **errors(404, 503, described={404: "unknown, not yours, or without audio"}),
+    },
+)
+async def conversation_audio_head(ctx: Ctx, user: CurrentUser, audio_uuid: AudioUuid) -> Response:
+    """What a GET of the conversation's audio would answer, without the audio: its size
+    (Content-Length), type, ``ETag`` and ``Accept-Ranges``. A ``Range`` header is ignored (range
+    requests are defined for GET only, RFC 9110): always the whole file's headers; nothing is read
+    of the audio."""
+    row, headers = await _audio_file(ctx, user, audio_uuid)
+    headers["Content-Length"] = str(row.audio_bytes + WAV_HEADER_BYTES)
+    return Response(status_code=status.HTTP_200_OK, media_type="audio/wav", headers=headers)
+
+
+async def _audio_file(ctx: AppContext, user: User, audio_uuid: str) -> tuple[RecordingRow, dict[str, str]]:
+    """The recording whose WAV file is asked for (404 if there is none, or it has no audio yet) and
+    the headers every answer about that file carries."""
+    row = await _owned(ctx, user, audio_uuid)
+    if row.audio_bytes <= 0:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {audio_uuid!r} has no audio")
+    return row, {
+        "Accept-Ranges": "bytes",
+        "ETag": _etag(row),
+        "Content-Disposition": f'attachment; filename="{audio_uuid}.wav"',
+    }
 
 
 @router.delete(

@@ -502,6 +502,12 @@ class Store(abc.ABC):
         its lease (its ``complete`` raises :class:`LeaseLost` and writes nothing).
         """
 
+    @abc.abstractmethod
+    async def audio_chunk_sizes(self, audio_uuid: str) -> list[tuple[int, int]]:
+        """(seq, size in bytes) of every chunk of the recording's audio, in order, without reading
+        the audio itself: where a byte offset lies, to start :meth:`read_audio` at its chunk.
+        Empty for an unknown recording (like :meth:`read_audio`)."""
+
     # -- outputs across recordings ---------------------------------------------------------------
     @abc.abstractmethod
     async def search_outputs(

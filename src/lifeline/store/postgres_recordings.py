@@ -347,6 +347,18 @@ class PostgresRecordingsMixin:
         totals: RecordingTotals = await self._read(fn)
         return totals
 
+    async def audio_chunk_sizes(self, audio_uuid: str) -> list[tuple[int, int]]:
+        # octet_length() of a TOASTed bytea is read from its TOAST pointer: the value is not fetched
+        async def fn(conn: Connection) -> list[tuple[int, int]]:
+            cur = await conn.execute(
+                "SELECT seq, octet_length(pcm) FROM audio_chunks WHERE recording_id = %s ORDER BY seq",
+                (audio_uuid,),
+            )
+            return [(int(seq), int(size)) for seq, size in await cur.fetchall()]
+
+        sizes: list[tuple[int, int]] = await self._read(fn)
+        return sizes
+
 
 async def _lock_recording(tx: Tx, audio_uuid: str) -> float | None:
     """Lock the recording's row and return its ``closed_at``; :class:`NotFound` (nothing written)

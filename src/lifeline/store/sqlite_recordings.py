@@ -327,3 +327,18 @@ class SQLiteRecordingsMixin:
 
         totals: RecordingTotals = await self._read(fn)
         return totals
+
+    async def audio_chunk_sizes(self, audio_uuid: str) -> list[tuple[int, int]]:
+        # length() of a blob is read from the record's header: the blob's overflow pages (all of
+        # a 32 kB chunk but its first 4 kB) are not read
+        def fn(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+            return [
+                (int(seq), int(size))
+                for seq, size in conn.execute(
+                    "SELECT seq, length(pcm) FROM audio_chunks WHERE recording_id = ? ORDER BY seq",
+                    (audio_uuid,),
+                )
+            ]
+
+        sizes: list[tuple[int, int]] = await self._read(fn)
+        return sizes
