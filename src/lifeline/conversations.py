@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import httpx
-
 from lifeline.breakers import CircuitBreakers
 from lifeline.config import Settings
 from lifeline.domain import Attempt, AttemptOutcome, JobState, LifelineError, NotFound, Stage
-from lifeline.operations import call_service, service_client
+from lifeline.operations import ServiceClient
 from lifeline.pipeline.conversations import conversation_status, queue_reprocess, stage_states
 from lifeline.store.base import RecordingRow, Store, StoredOutput
 
@@ -218,26 +216,16 @@ class LocalConversations:
         )
 
 
-class RemoteConversations:
+class RemoteConversations(ServiceClient):
     """The same through a running service's pipeline API, as the token's user sees it."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-
-    @classmethod
-    def connect(cls, url: str, token: str, *, timeout: float = 30.0) -> RemoteConversations:
-        return cls(service_client(url, token, timeout=timeout))
-
-    async def close(self) -> None:
-        await self.client.aclose()
 
     async def list_conversations(self, *, user: str | None, limit: int) -> list[ConversationSummary]:
         _no_user_filter(user)
-        data = await call_service(self.client, "GET", "/api/conversations", params={"limit": limit})
+        data = await self._call("GET", "/api/conversations", params={"limit": limit})
         return [_remote_summary(d) for d in data["items"]]
 
     async def conversation(self, audio_uuid: str) -> ConversationDetail:
-        d = await call_service(self.client, "GET", f"/api/conversations/{_segment(audio_uuid)}")
+        d = await self._call("GET", f"/api/conversations/{_segment(audio_uuid)}")
         transcript = d.get("transcript")
         return ConversationDetail(
             summary=_remote_summary(d),
@@ -283,11 +271,10 @@ class RemoteConversations:
         )
 
     async def delete_conversation(self, audio_uuid: str) -> None:
-        await call_service(self.client, "DELETE", f"/api/conversations/{_segment(audio_uuid)}")
+        await self._call("DELETE", f"/api/conversations/{_segment(audio_uuid)}")
 
     async def reprocess(self, audio_uuid: str, stage: str) -> int:
-        data = await call_service(
-            self.client,
+        data = await self._call(
             "POST",
             f"/api/conversations/{_segment(audio_uuid)}/reprocess",
             params={"from": stage},
@@ -299,7 +286,7 @@ class RemoteConversations:
         params: dict[str, Any] = {"limit": limit}
         if query:
             params["q"] = query
-        data = await call_service(self.client, "GET", "/api/memories", params=params)
+        data = await self._call("GET", "/api/memories", params=params)
         return [_remote_memory(m) for m in data["items"]]
 
 

@@ -8,7 +8,7 @@ store directly. Both return the same domain values, so the tables look the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import httpx
 
@@ -128,16 +128,16 @@ class LocalOperations:
         return 1
 
 
-class RemoteOperations:
-    """The same operations through a running service's failure-recovery API."""
+class ServiceClient:
+    """A running service reached with a user's token; subclasses name the API part they call."""
 
-    PREFIX = "/api/failure-recovery"
+    PREFIX = ""
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
 
     @classmethod
-    def connect(cls, url: str, token: str, *, timeout: float = 30.0) -> RemoteOperations:
+    def connect(cls, url: str, token: str, *, timeout: float = 30.0) -> Self:
         return cls(service_client(url, token, timeout=timeout))
 
     async def close(self) -> None:
@@ -145,6 +145,12 @@ class RemoteOperations:
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return await call_service(self.client, method, self.PREFIX + path, **kwargs)
+
+
+class RemoteOperations(ServiceClient):
+    """The same operations through a running service's failure-recovery API."""
+
+    PREFIX = "/api/failure-recovery"
 
     async def queue_stats(self) -> dict[str, QueueStats]:
         data = await self._call("GET", "/queue-stats")

@@ -145,6 +145,20 @@ class FoundOutput(StoredOutput):
     filename: str | None
     created_at: float | None
 
+    @classmethod
+    def of(cls, output: StoredOutput, filename: str | None, created_at: float | None) -> FoundOutput:
+        return cls(
+            output.recording_id,
+            output.stage,
+            output.index,
+            output.data,
+            output.job_id,
+            output.revision,
+            output.updated_at,
+            filename,
+            created_at,
+        )
+
     @property
     def key(self) -> OutputKey:
         return OutputKey(self.created_at, self.recording_id, self.index)

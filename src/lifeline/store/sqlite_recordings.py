@@ -37,17 +37,7 @@ def _output(row: Sequence[Any]) -> StoredOutput:
 
 
 def _found(row: Sequence[Any]) -> FoundOutput:
-    return FoundOutput(
-        row[0],
-        row[1],
-        int(row[2]),
-        json.loads(row[3]),
-        row[4],
-        int(row[5]),
-        float(row[6]),
-        row[7],
-        None if row[8] is None else float(row[8]),
-    )
+    return FoundOutput.of(_output(row), row[7], None if row[8] is None else float(row[8]))
 
 
 def search_sql(
