@@ -106,6 +106,7 @@ async def test_every_api_path_the_dashboard_calls_exists(api: Api) -> None:
         "/api/action-items",
         "/api/action-items/{}",
         "/api/failure-recovery/health/{}/history",
+        "/api/failure-recovery/throughput",
     } <= paths
     schema = (await api.client.get("/openapi.json")).json()
     templates = [re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$") for p in schema["paths"]]

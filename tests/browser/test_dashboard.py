@@ -124,6 +124,14 @@ def test_upload_watch_it_complete_and_read_its_page(site: Site, open_tab: Callab
     completed = page.locator('[data-stage="transcription"] [data-state="completed"] dd')
     expect(completed).not_to_have_text("0")
     expect(page.locator("#throughput svg.chart path.line").first).to_be_attached(timeout=15_000)
+    # drawn from the stored completions, so a freshly opened overview shows them: the last hour
+    # has a non-zero minute for every stage the upload went through
+    page.reload()
+    chart = page.locator("#throughput svg.chart")
+    expect(chart).to_have_attribute("aria-label", re.compile(r"^Jobs completed per minute.*last 60 minutes"))
+    for stage in ("chunk", "transcription", "memory", "action_item"):
+        line = chart.locator(f'path.line[data-series="{stage}"]')
+        expect(line).to_have_attribute("data-max", re.compile(r"^[1-9][0-9]*$"))
     expect(page.locator("#services")).to_contain_text("asr")
     expect(page.locator("#services table").first).to_be_visible()
     tab.screenshot("dashboard-overview.png")

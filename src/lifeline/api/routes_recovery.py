@@ -7,6 +7,7 @@ superuser.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, status
@@ -28,6 +29,7 @@ from lifeline.api.schemas import (
     RecoveryResultOut,
     RecoveryStatsOut,
     SystemOverviewOut,
+    ThroughputOut,
 )
 from lifeline.api.services import (
     breaker_list,
@@ -144,6 +146,21 @@ async def client_stats(client_id: ClientId, ctx: Ctx, user: CurrentUser) -> Clie
 async def recovery_stats(ctx: Ctx, user: CurrentUser) -> RecoveryStatsOut:
     scope = _scope(user)
     return RecoveryStatsOut.of(await ctx.store.recovery_stats(user_id=scope), "own" if scope else "all")
+
+
+@router.get("/throughput", response_model=ThroughputOut)
+async def throughput(
+    ctx: Ctx,
+    user: CurrentUser,
+    minutes: Annotated[int, Query(ge=1, le=1440, description="how far back (retention keeps days)")] = 60,
+    bucket: Annotated[int, Query(ge=10, le=3600, description="each bucket's length in seconds")] = 60,
+) -> ThroughputOut:
+    """Completed jobs per stage over time: a user's own jobs, or everyone's for a superuser."""
+    scope = _scope(user)
+    result = await ctx.store.throughput(
+        since=time.time() - minutes * 60, bucket_seconds=bucket, user_id=scope
+    )
+    return ThroughputOut.of(result, "own" if scope else "all", QUEUES)
 
 
 @router.post("/recovery/{queue_type}/trigger", response_model=RecoveryResultOut, responses=_ADMIN_NOT_FOUND)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lifeline.domain import Attempt, Job, JobInfo, JobState, RecordingStatus, User
 from lifeline.health import HealthCheck, HealthStatus
-from lifeline.store.base import QueueStats, RecordingReport, RecoveryStats
+from lifeline.store.base import QueueStats, RecordingReport, RecoveryStats, Throughput
 
 
 class ErrorOut(BaseModel):
@@ -233,6 +233,28 @@ class RecoveryStatsOut(BaseModel):
             escalated=s.escalated,
             last_run_at=s.last_run_at,
             last_recovered=s.last_recovered,
+        )
+
+
+class ThroughputOut(BaseModel):
+    """Completed jobs per stage per time bucket, oldest bucket first, every bucket listed."""
+
+    scope: str = Field(description='"all" for a superuser, "own" for a user (their own jobs only)')
+    start: float = Field(description="the first bucket's start (Unix seconds, a multiple of bucket_seconds)")
+    bucket_seconds: int = Field(
+        description="each bucket's length; bucket i starts at start + i * bucket_seconds"
+    )
+    buckets: int = Field(description="how many buckets each stage has; the last one holds now")
+    queues: dict[str, list[int]] = Field(description="per stage, the jobs completed in each bucket")
+
+    @classmethod
+    def of(cls, t: Throughput, scope: str, queues: tuple[str, ...]) -> ThroughputOut:
+        return cls(
+            scope=scope,
+            start=t.start,
+            bucket_seconds=t.bucket_seconds,
+            buckets=t.buckets,
+            queues={q: t.counts.get(q, [0] * t.buckets) for q in queues},
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -53,6 +54,63 @@ class QueueStats:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+# The most buckets one throughput query may ask for (a week of minutes is 10,080).
+MAX_THROUGHPUT_BUCKETS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """Completed jobs per queue per time bucket, dense: every bucket is there, empty ones as 0.
+
+    ``counts[queue][i]`` is the number of jobs of ``queue`` that completed in
+    ``[start + i * bucket_seconds, start + (i + 1) * bucket_seconds)``. Buckets are aligned to
+    multiples of ``bucket_seconds`` since the epoch (so a minute stays the same minute from one
+    poll to the next), the first one is the bucket that holds ``since`` and the last one the bucket
+    that holds the store's now (still filling). Every configured queue is listed, with zeros when
+    nothing completed in it.
+    """
+
+    start: float
+    bucket_seconds: int
+    buckets: int
+    counts: dict[str, list[int]]
+
+    def bucket_starts(self) -> list[float]:
+        return [self.start + i * self.bucket_seconds for i in range(self.buckets)]
+
+    def points(self, queue: str) -> list[tuple[float, int]]:
+        """(bucket start, completed jobs) of one queue, oldest first."""
+        return list(zip(self.bucket_starts(), self.counts[queue], strict=True))
+
+
+def throughput_frame(since: float, bucket_seconds: int, now: float) -> tuple[float, int]:
+    """The first bucket's start and the number of buckets from ``since`` to ``now``."""
+    if isinstance(bucket_seconds, bool) or not isinstance(bucket_seconds, int) or bucket_seconds < 1:
+        raise ValueError("bucket_seconds must be a positive integer")
+    first = math.floor(since / bucket_seconds)
+    last = math.floor(now / bucket_seconds)
+    buckets = max(0, last - first + 1)
+    if buckets > MAX_THROUGHPUT_BUCKETS:
+        raise ValueError(f"at most {MAX_THROUGHPUT_BUCKETS} buckets; ask for a shorter span or wider buckets")
+    return float(first * bucket_seconds), buckets
+
+
+def fill_throughput(
+    start: float,
+    bucket_seconds: int,
+    buckets: int,
+    queues: Iterable[str],
+    rows: Iterable[tuple[str, int, int]],
+) -> Throughput:
+    """A :class:`Throughput` from ``(queue, bucket index, count)`` rows (indexes out of range dropped)."""
+    counts = {q: [0] * buckets for q in queues}
+    for queue, index, n in rows:
+        series = counts.setdefault(queue, [0] * buckets)
+        if 0 <= index < buckets:
+            series[index] += n
+    return Throughput(start=start, bucket_seconds=bucket_seconds, buckets=buckets, counts=counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +508,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def queue_stats(self, *, user_id: str | None = None) -> dict[str, QueueStats]:
         """Per queue: counts by state, oldest pending age, throughput, pause flag."""
+
+    @abc.abstractmethod
+    async def throughput(
+        self, *, since: float, bucket_seconds: int = 60, user_id: str | None = None
+    ) -> Throughput:
+        """Jobs completed per queue per bucket from the bucket that holds ``since`` until now.
+
+        Counted from the finished jobs' index (jobs_finished: a completed row's updated_at is its
+        finished_at), so only completions still kept by retention are seen; cancelled and
+        dead-lettered jobs are not completions. ``user_id`` counts only that user's jobs. Raises
+        ``ValueError`` for a bucket under one second or more than ``MAX_THROUGHPUT_BUCKETS``.
+        """
 
     @abc.abstractmethod
     async def get_outputs(self, recording_id: str, stage: str | None = None) -> list[StoredOutput]: ...

@@ -75,6 +75,7 @@ from lifeline.store.postgres_engine import (
 )
 from lifeline.store.postgres_health import PostgresHealthMixin
 from lifeline.store.postgres_recordings import PostgresRecordingsMixin
+from lifeline.store.postgres_stats import PostgresStatsMixin
 from lifeline.store.postgres_users import PostgresUsersMixin
 
 Clock = Callable[[], float]
@@ -267,7 +268,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class PostgresStore(PostgresHealthMixin, PostgresUsersMixin, PostgresRecordingsMixin, Store):
+class PostgresStore(
+    PostgresHealthMixin, PostgresUsersMixin, PostgresRecordingsMixin, PostgresStatsMixin, Store
+):
     """See :mod:`lifeline.store.base` for what each method promises.
 
     ``conninfo`` is a libpq URL or key/value string (``postgresql://user:pw@host:5432/db``).

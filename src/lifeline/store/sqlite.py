@@ -54,6 +54,7 @@ from lifeline.store.base import (
 from lifeline.store.sqlite_engine import Checkpointer, ReaderPool, Synchronous, WriterThread, open_connection
 from lifeline.store.sqlite_health import SQLiteHealthMixin
 from lifeline.store.sqlite_recordings import SQLiteRecordingsMixin
+from lifeline.store.sqlite_stats import SQLiteStatsMixin
 from lifeline.store.sqlite_users import SQLiteUsersMixin
 
 Clock = Callable[[], float]
@@ -161,7 +162,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, SQLiteRecordingsMixin, Store):
+class SQLiteStore(SQLiteHealthMixin, SQLiteUsersMixin, SQLiteRecordingsMixin, SQLiteStatsMixin, Store):
     """See :mod:`lifeline.store.base` for what each method promises."""
 
     def __init__(

@@ -1,4 +1,4 @@
-// Small SVG charts drawn from numbers the page polled or the API kept: no library, no canvas, readable by CSS.
+// Small SVG charts drawn from numbers the API keeps: no library, no canvas, readable by CSS.
 
 import { h, s } from "./dom.js";
 
@@ -21,23 +21,34 @@ function path(points, sc) {
 }
 
 /**
- * A line chart of several series ({name, points: [[t, value]...]}) over the same time axis, with a
- * legend. `description` is what a screen reader hears instead of the picture.
+ * A line chart of several series ({name, key, points: [[t, value]...]}) over the same time axis,
+ * with a legend. `description` is what a screen reader hears instead of the picture. Each line
+ * says which series it draws (data-series, the key) and its largest and total value (data-max,
+ * data-total).
  */
 export function lineChart(series, { description, unit = "", width = 640, height = 180 } = {}) {
   const all = series.flatMap((one) => one.points);
   if (all.length < 2) {
-    return h("p", { class: "muted" }, "Collecting data points… (the chart fills as the page stays open)");
+    return h("p", { class: "muted" }, "No data to draw yet.");
   }
   const pad = 8;
   const sc = scale(all, width, height, pad);
   const svg = s(
     "svg",
     { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": description, preserveAspectRatio: "none" },
+    s("title", null, description),
     s("line", { x1: pad, y1: height - pad, x2: width - pad, y2: height - pad, class: "axis" }),
     s("line", { x1: pad, y1: pad, x2: width - pad, y2: pad, class: "grid" }),
     series.map((one, i) =>
-      one.points.length > 0 ? s("path", { d: path(one.points, sc), class: `line series-${i}` }) : null,
+      one.points.length > 0
+        ? s("path", {
+            d: path(one.points, sc),
+            class: `line series-${i}`,
+            "data-series": one.key || one.name,
+            "data-max": String(Math.max(...one.points.map((p) => p[1]))),
+            "data-total": String(one.points.reduce((sum, p) => sum + p[1], 0)),
+          })
+        : null,
     ),
   );
   const legend = h(
@@ -85,40 +96,4 @@ export function sparkline(points, description, marks = []) {
     last ? s("circle", { cx: sc.x(last[0]).toFixed(1), cy: sc.y(last[1]).toFixed(1), r: 2, class: "dot series-0" }) : null,
     marks.map((t) => s("circle", { cx: sc.x(t).toFixed(1), cy: height - pad, r: 2, class: "mark" })),
   );
-}
-
-/** A value kept for the session (it survives a reload, not a logout). */
-export function recall(key, fallback) {
-  try {
-    const found = JSON.parse(sessionStorage.getItem(`lifeline.${key}`) || "null");
-    return found === null ? fallback : found;
-  } catch {
-    return fallback;
-  }
-}
-
-export function remember(key, value) {
-  try {
-    sessionStorage.setItem(`lifeline.${key}`, JSON.stringify(value));
-  } catch {
-    // storage full or disabled: the page still works, it only forgets on reload
-  }
-}
-
-/** Samples kept for the session (they survive a reload, not a logout), newest last, bounded. */
-export class Samples {
-  constructor(key, max = 240) {
-    this.key = key;
-    this.max = max;
-    const found = recall(key, []);
-    this.items = Array.isArray(found) ? found : [];
-  }
-
-  add(item, sameAs) {
-    const last = this.items[this.items.length - 1];
-    if (last && sameAs && sameAs(last, item)) return;
-    this.items.push(item);
-    if (this.items.length > this.max) this.items.splice(0, this.items.length - this.max);
-    remember(this.key, this.items);
-  }
 }

@@ -1,11 +1,30 @@
 // Overview: each stage's jobs by state and throughput, the services and breakers, recent failures.
 
 import { api, STAGES } from "../api.js";
-import { lineChart, Samples, sparkline } from "../chart.js";
+import { lineChart, sparkline } from "../chart.js";
 import { badge, fmtClock, fmtMs, fmtTime, h, label, patch, table } from "../dom.js";
 
 const STATES = ["pending", "processing", "retry", "failed", "completed", "dead_letter", "cancelled"];
 const TREND_CHECKS = 30; // how many of each service's latest checks its trend shows
+const THROUGHPUT_MINUTES = 60; // the chart's span, in 1-minute buckets
+
+/** Each stage's completed jobs per bucket as [bucket start, count] points (every bucket, empty ones 0). */
+function throughputSeries(answer) {
+  return STAGES.map((q) => {
+    const counts = answer.queues[q] || new Array(answer.buckets).fill(0);
+    return { key: q, name: label(q), points: counts.map((n, i) => [answer.start + i * answer.bucket_seconds, n]) };
+  });
+}
+
+/** What a screen reader hears instead of the chart: each stage's total and busiest minute. */
+function throughputDescription(series) {
+  const parts = series.map((one) => {
+    const values = one.points.map((p) => p[1]);
+    const total = values.reduce((sum, n) => sum + n, 0);
+    return `${one.name} ${total} in total, at most ${Math.max(0, ...values)} in a minute`;
+  });
+  return `Jobs completed per minute, by stage, over the last ${THROUGHPUT_MINUTES} minutes: ${parts.join("; ")}.`;
+}
 
 /** A service's response-time trend from its recorded checks (oldest first). */
 function trend(name, checks) {
@@ -121,7 +140,6 @@ export function overviewView({ user, frame, live }) {
     h("section", { "aria-labelledby": "h-services" }, h("h2", { id: "h-services" }, "Services"), services),
     h("section", { "aria-labelledby": "h-failures" }, h("h2", { id: "h-failures" }, "Recent failures"), failures),
   );
-  const throughput = new Samples("throughput");
   // each service's latest checks, fetched again only when the service was checked since
   const histories = {};
   const refreshHistories = async (services) => {
@@ -138,26 +156,18 @@ export function overviewView({ user, frame, live }) {
   };
 
   const poll = live(async () => {
-    const [overview, ...perQueue] = await Promise.all([
+    const [overview, throughput, ...perQueue] = await Promise.all([
       api("/api/failure-recovery/system-overview"),
+      api("/api/failure-recovery/throughput", { query: { minutes: THROUGHPUT_MINUTES, bucket: 60 } }),
       ...STAGES.map((q) => api(`/api/failure-recovery/persistent-queues/${q}`)),
     ]);
-    const now = Date.now() / 1000;
-    const values = {};
-    for (const q of STAGES) values[q] = overview.queues[q] ? overview.queues[q].completed_last_minute : 0;
-    throughput.add({ t: now, values });
     await refreshHistories(overview.health.services || {});
 
     patch(stages, overview.queues, stageCards);
     const r = overview.recovery;
     recovery.textContent = `Recovery: ${r.runs} runs, ${r.requeued} jobs requeued, ${r.escalated} escalated; last run ${fmtTime(r.last_run_at)}.`;
-    const since = now - 600;
-    const series = STAGES.map((q) => ({
-      name: label(q),
-      points: throughput.items.filter((p) => p.t >= since).map((p) => [p.t, p.values[q] || 0]),
-    }));
-    patch(chart, series, (data) =>
-      lineChart(data, { description: "Jobs completed per minute, by stage, over the last minutes", unit: "/min" }),
+    patch(chart, throughputSeries(throughput), (data) =>
+      lineChart(data, { description: throughputDescription(data), unit: "/min" }),
     );
     patch(services, { health: overview.health, breakers: overview.circuit_breakers, histories }, (d) =>
       servicesTable(d.health, d.breakers, d.histories),
