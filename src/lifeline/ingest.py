@@ -1,6 +1,7 @@
 """Ingest: audio in, durably, before anybody is told it was accepted.
 
-Independent of HTTP: the routes in :mod:`lifeline.api.routes_audio` call these functions.
+Independent of HTTP: the routes in :mod:`lifeline.api.routes_audio` and
+:mod:`lifeline.api.routes_streams` call these functions.
 
 - :func:`ingest_upload` decodes one uploaded file with :mod:`lifeline.audio` (streaming, on a worker
   thread) into 16 kHz mono s16le, stores it in ~10 s chunks as it is decoded (the file is never held
@@ -50,6 +51,7 @@ STREAM_TRAIL_SECONDS: Final = 1.0  # silence kept after its last sound
 SWEEP_MARGIN_SECONDS: Final = 10.0
 SOURCE_UPLOAD: Final = "upload"
 SOURCE_STREAM: Final = "stream"
+DEVICE_NAME_MAX: Final = 100  # characters of a device name kept with a recording
 
 
 def close_key(audio_uuid: str) -> str:

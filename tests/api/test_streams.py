@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 import lifeline
 from lifeline import audio
 from lifeline.api import create_app
-from lifeline.api.routes_audio import MESSAGE_OVERHEAD, Inbox
+from lifeline.api.routes_streams import MESSAGE_OVERHEAD, Inbox
 from lifeline.auth import PasswordHashing
 from lifeline.domain import Stage
 from lifeline.ingest import StreamSession, client_id_for, close_key, sweep_margin, sweep_unfinished

@@ -20,7 +20,7 @@ import pytest
 
 from lifeline import audio
 from lifeline.api import create_app
-from lifeline.api.routes_audio import SPOOL_MEMORY, _UploadForm
+from lifeline.api.multipart import SPOOL_MEMORY, UploadForm
 from lifeline.auth import PasswordHashing
 from lifeline.domain import Stage, StoreError
 from lifeline.ingest import client_id_for, close_key
@@ -441,7 +441,7 @@ async def test_file_parts_kept_in_memory_are_written_without_a_thread_hop(
     monkeypatch.setattr(asyncio, "to_thread", counting)
     small, big = os.urandom(300_000), os.urandom(1_500_000)  # under and over the 1 MiB in memory
     body = part(small, filename="small.wav") + part(big, filename="big.wav") + closing()
-    form = _UploadForm(BOUNDARY.encode(), spool_dir=tmp_path, max_file_bytes=10_000_000)
+    form = UploadForm(BOUNDARY.encode(), spool_dir=tmp_path, max_file_bytes=10_000_000)
     for start in range(0, len(body), 1000):
         await form.feed(body[start : start + 1000])
     past_memory = len(big) - SPOOL_MEMORY

@@ -34,6 +34,7 @@ from lifeline.api.routes_dashboard import router as dashboard_router
 from lifeline.api.routes_ops import router as ops_router
 from lifeline.api.routes_pipeline import router as pipeline_router
 from lifeline.api.routes_recovery import router as recovery_router
+from lifeline.api.routes_streams import router as streams_router
 from lifeline.auth import PasswordHashing, TokenIssuer, load_or_create_secret
 from lifeline.config import Settings
 from lifeline.domain import (
@@ -163,6 +164,7 @@ def create_app(
     app.include_router(auth_router, responses=errors(503))
     app.include_router(recovery_router, responses=errors(503))
     app.include_router(audio_router)
+    app.include_router(streams_router)
     app.include_router(pipeline_router)
     app.include_router(dashboard_router)  # the page and its files; not in the schema
     _install_error_handlers(app)
