@@ -482,8 +482,9 @@ def _follow(
                 problem = f"{type(exc).__name__}: {exc}"
                 break  # the others would not get through either: wait, then poll them all again
             if r.status_code >= 500 or r.status_code == 429:
+                # this conversation could not be read now; the others may well be: go on with them
                 problem = f"HTTP {r.status_code}: {_response_detail(r)}"
-                break
+                continue
             if r.status_code in _NOT_ALLOWED:
                 console.print(f"[red]HTTP {r.status_code}:[/red] {_response_detail(r)}; stopped following")
                 lost += len(pending)

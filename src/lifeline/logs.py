@@ -18,7 +18,7 @@ _SECRET = re.compile(
     r"(?i)(?<![a-z0-9])((?:[a-z0-9]+_)*(?:token|api_?key|key|password|passwd|secret))=([^&\s\"']+)"
 )
 # the password of a URL's user information: scheme://user:password@host
-_USERINFO = re.compile(r"(://[^/\s:@]+:)([^@\s/]+)@")
+_USERINFO = re.compile(r"(://[^/\s:@]*:)([^@\s/]+)@")
 MASK: Final = "***"
 
 # the loggers that print request lines written by others (uvicorn's handshake and access lines)
@@ -36,17 +36,32 @@ def _redact_value(value: object) -> object:
 
 
 class RedactSecrets(logging.Filter):
-    """Masks credentials in the record's message and in each of its arguments, keeping their
-    shape: formatters that read the arguments themselves (uvicorn's access formatter unpacks
-    them) still find what they expect."""
+    """Masks credentials in log records, keeping the arguments' shape where it can: formatters
+    that read the arguments themselves (uvicorn's access formatter unpacks them) still find what
+    they expect. When masking each argument is not enough (``"token=%s"``: the secret is in an
+    argument, its name in the format), the record is replaced by its formatted, masked text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
+        if not record.args:
+            if isinstance(record.msg, str):
+                record.msg = redact(record.msg)
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: logging itself reports it
+            return True
+        if redact(message) == message:
+            return True
         if isinstance(record.args, tuple):
             record.args = tuple(_redact_value(a) for a in record.args)
         elif isinstance(record.args, Mapping):
             record.args = {k: _redact_value(v) for k, v in record.args.items()}
+        try:
+            still = record.getMessage()
+        except Exception:
+            still = message
+        if redact(still) != still:
+            record.msg, record.args = redact(message), None
         return True
 
 

@@ -159,9 +159,10 @@ def test_an_outage_while_following_is_waited_out_and_reported_once(
     assert "ConnectError: [Errno 111] Connection refused" in out
     assert out.count("the service answers again") == 1
     # a growing wait while it cannot answer, never longer than the longest backoff; the usual
-    # poll interval again once it answers
-    assert sleeps[:7] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
-    assert sleeps[7:] == [cli.FOLLOW_POLL] * (len(sleeps) - 7)
+    # poll interval again once it answers (a connection error ends a round of polls, a 5xx of
+    # one conversation does not: the two 503s and the 502 take two rounds)
+    assert sleeps[:6] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert sleeps[6:] == [cli.FOLLOW_POLL] * (len(sleeps) - 6)
 
 
 def test_following_gives_up_at_the_deadline_and_not_before() -> None:
@@ -220,3 +221,23 @@ def test_a_revoked_token_stops_following_at_once(capsys: pytest.CaptureFixture[s
     assert service.polls == {}
     assert time.sleeps == []
     assert "HTTP 401:" in capsys.readouterr().out
+
+
+class OneBroken(Service):
+    """``uuid-1`` answers 500 at every poll (a bug on that one recording); the others are fine."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/conversations/uuid-1":
+            return httpx.Response(500, json={"detail": "internal error"})
+        return super().__call__(request)
+
+
+def test_one_conversation_the_service_cannot_read_does_not_hold_up_the_others() -> None:
+    time = FakeTime()
+    service = OneBroken()
+    with httpx.Client(transport=httpx.MockTransport(service), base_url="http://lifeline.test") as client:
+        failures = cli._follow(
+            client, [("a.wav", "uuid-1"), ("b.wav", "uuid-2")], 60.0, clock=time.clock, sleep=time.sleep
+        )
+    assert failures == 1  # only the broken one
+    assert service.polls == {"uuid-2": 2}  # followed to completion although uuid-1 came first

@@ -24,6 +24,7 @@ from lifeline.logs import install_redaction, redact
         ("/x?key=k&monkey=banana&client_secret=c", "/x?key=***&monkey=banana&client_secret=***"),
         ("postgresql://lifeline:hunter2@db:5432/x", "postgresql://lifeline:***@db:5432/x"),
         ("see http://host/a@b", "see http://host/a@b"),
+        ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
     ],
 )
 def test_redact_masks_only_credential_values(text: str, expected: str) -> None:
@@ -68,8 +69,27 @@ def test_uvicorns_default_access_formatter_still_works_and_masks(capsys: pytest.
         )
         sys.stdout.flush()
     finally:
-        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        # uvicorn's config gave its loggers handlers on this test's captured stdout: take them off
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
     out, err = capsys.readouterr()
     assert "Logging error" not in err
     assert "SECRET-VALUE" not in out + err
     assert "/api/memories?token=***&q=hiking" in out
+
+
+def test_a_secret_passed_as_an_argument_of_a_named_placeholder_is_masked(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``"token=%s"``: the name is in the format, the secret in the argument; masking each
+    argument alone would miss it, masking the format alone would break the record."""
+    install_redaction()
+    logger = logging.getLogger("uvicorn.error")
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        logger.info("refreshing with token=%s for %s", "SECRET-VALUE", "omi")
+        logger.info("%s - %s", "plain", "text")
+    assert "SECRET-VALUE" not in caplog.text
+    assert "refreshing with token=*** for omi" in caplog.text
+    assert "plain - text" in caplog.text
+    assert "Logging error" not in capsys.readouterr().err

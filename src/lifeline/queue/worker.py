@@ -266,6 +266,9 @@ class Worker:
             self.stats.failed += 1
 
     async def _cancel(self, job: Job) -> None:
+        # the operator's cancel, which does not check this worker's lease: if the lease was lost
+        # and another worker runs the job, that run is cancelled too, which is what it would have
+        # come to anyway (the handler cancels only when the job's recording is gone for good)
         try:
             await self.store.cancel(job.id)
         except (NotFound, InvalidTransition):

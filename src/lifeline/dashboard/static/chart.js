@@ -55,7 +55,7 @@ export function lineChart(series, { description, unit = "", width = 640, height 
     "ul",
     { class: "legend" },
     series.map((one, i) => {
-      const last = one.points.length ? one.points[one.points.length - 1][1] : null;
+      const last = one.current ?? (one.points.length ? one.points[one.points.length - 1][1] : null);
       return h("li", null, h("span", { class: `swatch series-${i}`, "aria-hidden": "true" }), `${one.name}: ${last === null ? "—" : last}${unit}`);
     }),
   );

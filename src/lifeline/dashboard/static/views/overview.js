@@ -9,10 +9,17 @@ const TREND_CHECKS = 30; // how many of each service's latest checks its trend s
 const THROUGHPUT_MINUTES = 60; // the chart's span, in 1-minute buckets
 
 /** Each stage's completed jobs per bucket as [bucket start, count] points (every bucket, empty ones 0). */
-function throughputSeries(answer) {
+function throughputSeries(answer, queues) {
   return STAGES.map((q) => {
     const counts = answer.queues[q] || new Array(answer.buckets).fill(0);
-    return { key: q, name: label(q), points: counts.map((n, i) => [answer.start + i * answer.bucket_seconds, n]) };
+    // the legend's figure: the last 60 seconds, not the minute still filling at the chart's end
+    const current = queues && queues[q] ? queues[q].completed_last_minute : undefined;
+    return {
+      key: q,
+      name: label(q),
+      current,
+      points: counts.map((n, i) => [answer.start + i * answer.bucket_seconds, n]),
+    };
   });
 }
 
@@ -166,7 +173,7 @@ export function overviewView({ user, frame, live }) {
     patch(stages, overview.queues, stageCards);
     const r = overview.recovery;
     recovery.textContent = `Recovery: ${r.runs} runs, ${r.requeued} jobs requeued, ${r.escalated} escalated; last run ${fmtTime(r.last_run_at)}.`;
-    patch(chart, throughputSeries(throughput), (data) =>
+    patch(chart, throughputSeries(throughput, overview.queues), (data) =>
       lineChart(data, { description: throughputDescription(data), unit: "/min" }),
     );
     patch(services, { health: overview.health, breakers: overview.circuit_breakers, histories }, (d) =>
