@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lifeline
-from lifeline import audio
+
+# the same speech as the ASR benchmark (bench/ is the script's directory, so it imports)
+from asr_rtf import TEXT, speech
 from lifeline.breakers import CircuitBreakers
 from lifeline.config import Settings
 from lifeline.pipeline import Pipeline
@@ -40,16 +40,6 @@ from lifeline.providers.llm import ActionItem, Memory, RuleBasedExtractor
 from lifeline.queue.policy import RetryPolicy
 from lifeline.queue.worker import Worker
 
-TEXT = (
-    "Good morning. I love hiking in the mountains and I enjoy cooking Italian food. "
-    "My brother Peter lives in Chicago with his two dogs. "
-    "I work at the city hospital as a nurse. "
-    "Next summer I am going to visit my parents in Spain. "
-    "Remind me to call the dentist by Friday. "
-    "I need to buy a birthday present for my mother. "
-    "Don't forget to send the insurance papers tomorrow. "
-    "The weather was cold and rainy all week, so we stayed inside and played board games."
-)
 STAGES = ("chunk", "transcription", "memory", "action_item")
 
 
@@ -97,16 +87,6 @@ class TimedExtractor:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-def speech(text: str) -> bytes:
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        sys.exit("espeak-ng is not installed (Debian package espeak-ng)")
-    wav = subprocess.run(
-        [espeak, "-v", "en-us", "-s", "140", "-g", "4", "--stdout", text], capture_output=True, check=True
-    ).stdout
-    return audio.decode(wav).pcm
 
 
 async def run(recordings: int, synchronous: str, concurrency: int, cache: Path) -> None:

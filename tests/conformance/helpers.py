@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import psycopg
+
 from conformance.backends import QUEUE
 from fakes import FakeClock
 from lifeline import Job, JobState, Store
+from lifeline.store import migrations
 
 
 async def state_of(store: Store, job_id: int) -> JobState:
@@ -42,3 +47,29 @@ async def job_in_state(
         await store.cancel(job_id)
     assert await state_of(store, job_id) is state
     return job_id, job
+
+
+def migrate_sqlite_below(conn: sqlite3.Connection, version: int) -> None:
+    """Bring an empty SQLite database to the schema before migration ``version``, as an older
+    Lifeline left it (for upgrade tests: the next open applies the rest)."""
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+    for migration in migrations.load("sqlite"):
+        if migration.version < version:
+            conn.executescript(migration.sql)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, 0)", (migration.version, migration.name)
+            )
+
+
+def migrate_postgres_below(conn: psycopg.Connection, version: int) -> None:
+    """The same for an empty PostgreSQL database (an autocommit connection)."""
+    conn.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at DOUBLE PRECISION NOT NULL)"
+    )
+    for migration in migrations.load("postgres"):
+        if migration.version < version:
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (%s, %s, 0)", (migration.version, migration.name)
+            )

@@ -14,11 +14,11 @@ import pytest
 import lifeline
 import pg
 from conformance.backends import QUEUE
-from conformance.helpers import claim_one
+from conformance.helpers import claim_one, migrate_postgres_below, migrate_sqlite_below
 from fakes import FakeClock
 from lifeline import NotFound, Store
 from lifeline.domain import Output
-from lifeline.store import migrations, postgres_recordings, sqlite_recordings
+from lifeline.store import postgres_recordings, sqlite_recordings
 from lifeline.store.base import FoundOutput, OutputKey, StoredOutput
 
 
@@ -405,15 +405,7 @@ async def test_sqlite_outputs_from_before_the_upgrade_are_searchable(tmp_path: P
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute(
-            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)"
-        )
-        for migration in migrations.load("sqlite"):
-            if migration.version < 4:
-                conn.executescript(migration.sql)
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, 0)", (migration.version, migration.name)
-                )
+        migrate_sqlite_below(conn, 4)
         conn.execute("INSERT INTO recordings (audio_uuid, user_id, created_at) VALUES ('rec', 'u', 1.0)")
         conn.executemany("INSERT INTO outputs VALUES (?, ?, ?, ?, ?, ?, ?)", _old_rows())
     finally:
@@ -430,17 +422,7 @@ async def test_postgres_outputs_from_before_the_upgrade_are_searchable(tmp_path:
 
         def prepare() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(
-                    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                    " applied_at DOUBLE PRECISION NOT NULL)"
-                )
-                for migration in migrations.load("postgres"):
-                    if migration.version < 4:
-                        conn.execute(migration.sql.encode())
-                        conn.execute(
-                            "INSERT INTO schema_migrations VALUES (%s, %s, 0)",
-                            (migration.version, migration.name),
-                        )
+                migrate_postgres_below(conn, 4)
                 conn.execute(
                     "INSERT INTO recordings (audio_uuid, user_id, created_at) VALUES ('rec', 'u', 1.0)"
                 )

@@ -15,11 +15,10 @@ import pytest
 import lifeline
 import pg
 from conformance.backends import NEXT, OTHER, QUEUE, StoreFactory, store_url
-from conformance.helpers import claim_one
+from conformance.helpers import claim_one, migrate_postgres_below, migrate_sqlite_below
 from fakes import FakeClock
 from lifeline import JobState, LeaseLost, NextJob, NotFound, Store
 from lifeline.domain import Conflict, Output
-from lifeline.store import migrations
 from lifeline.store.base import RecordingTotals
 
 
@@ -552,15 +551,7 @@ async def test_sqlite_recordings_from_before_the_upgrade_are_closed_by_their_job
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute(
-            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)"
-        )
-        for migration in migrations.load("sqlite"):
-            if migration.version < 5:
-                conn.executescript(migration.sql)
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, 0)", (migration.version, migration.name)
-                )
+        migrate_sqlite_below(conn, 5)
         conn.executemany(
             "INSERT INTO recordings (audio_uuid, source, created_at, audio_bytes, audio_chunks,"
             " last_audio_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -585,17 +576,7 @@ async def test_postgres_recordings_from_before_the_upgrade_are_closed_by_their_j
 
         def prepare() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(
-                    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                    " applied_at DOUBLE PRECISION NOT NULL)"
-                )
-                for migration in migrations.load("postgres"):
-                    if migration.version < 5:
-                        conn.execute(migration.sql.encode())
-                        conn.execute(
-                            "INSERT INTO schema_migrations VALUES (%s, %s, 0)",
-                            (migration.version, migration.name),
-                        )
+                migrate_postgres_below(conn, 5)
                 with conn.cursor() as cur:
                     cur.executemany(
                         "INSERT INTO recordings (audio_uuid, source, created_at, audio_bytes, audio_chunks,"
